@@ -1,0 +1,1 @@
+"""captcha-lit: ResNet captcha readers trained with PyTorch Lightning and Hydra."""

@@ -1,0 +1,3 @@
+class CaptchaError(Exception):
+    """A problem the user can fix (bad data, bad setting, bad checkpoint); its message says how.
+    The entry points print it as one line instead of a traceback."""

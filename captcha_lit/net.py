@@ -1,0 +1,44 @@
+"""The report's ResNet: a 3x3 stem, four stages of two basic blocks, global pooling, one
+linear head per character."""
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:  # 1x1 projection only where the shape changes
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Maps (B, 3, H, W) float images to (B, length, num_classes) logits."""
+
+    def __init__(self, length: int, num_classes: int, widths=(36, 72, 144, 288), strides=(1, 2, 2, 2),
+                 blocks_per_stage: int = 2):
+        super().__init__()
+        self.length, self.num_classes = length, num_classes
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        blocks, c_in = [], widths[0]
+        for c_out, stride in zip(widths, strides):
+            for i in range(blocks_per_stage):
+                blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive, so 72x72 and 96x72 inputs both work
+        # `length` heads of c_in -> num_classes, fused into one Linear (same parameters, one matmul)
+        self.heads = nn.Linear(c_in, length * num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.blocks(self.stem(x))).flatten(1)
+        return self.heads(x).view(-1, self.length, self.num_classes)

@@ -1,0 +1,128 @@
+"""The prediction entry: checkpoints + a folder of captchas -> a submission CSV (and, for
+labelled folders, an accuracy report)."""
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig
+
+from .data import TASK_LENGTHS, read_csv_rows
+from .errors import CaptchaError
+from .io import atomic_path, atomic_write_text
+from .reader import CaptchaReader
+from .report import accuracy, confusion_picture, mistakes_picture
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, CaptchaReader]:
+    """One reader per task, from .ckpt checkpoints or .onnx exports (run by onnxruntime on the
+    CPU); each knows its own task."""
+    readers = {}
+    for path in ckpts:
+        if str(path).endswith(".onnx"):
+            reader = CaptchaReader.from_onnx(path, **kwargs)
+        else:
+            reader = CaptchaReader.from_checkpoint(path, device=device, precision=precision, **kwargs)
+        if reader.task in readers:
+            raise CaptchaError(f"two models for {reader.task}: {readers[reader.task].source} and {path}; pass one per task")
+        readers[reader.task] = reader
+    return readers
+
+
+def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
+    """(filenames relative to data_dir, labels or None, kind of folder)."""
+    if not data_dir.is_dir():
+        raise CaptchaError(f"data_dir={data_dir}: no such folder")
+    for name, kind in (("sample_submission.csv", "submission"), ("annotations.csv", "labelled")):
+        if (data_dir / name).is_file():
+            rows = read_csv_rows(data_dir / name)
+            if not rows:
+                raise CaptchaError(f"{data_dir / name}: no rows")
+            names = [filename for _, filename, _ in rows]
+            return names, ([label for _, _, label in rows] if kind == "labelled" else None), kind
+    # a plain folder: every image below it
+    names = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise CaptchaError(f"data_dir={data_dir}: no sample_submission.csv, annotations.csv or images found")
+    return names, None, "folder"
+
+
+def task_of(filename: str, default: str | None) -> str | None:
+    prefix = filename.split("/")[0]
+    return prefix if prefix in TASK_LENGTHS else default
+
+
+def predict(cfg: DictConfig) -> dict:
+    ckpts = list(cfg.ckpt) if isinstance(cfg.ckpt, (list, ListConfig)) else [cfg.ckpt]
+    if not ckpts or ckpts == [None]:
+        raise CaptchaError("no model given: add ckpt=PATH (or ckpt=[P1,P2,P3]), a .ckpt or an exported .onnx")
+    if cfg.data_dir is None:
+        raise CaptchaError("no input given: add data_dir=DIR (a test folder, a labelled folder or a folder of images)")
+    readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                           num_workers=cfg.num_workers)
+    data_dir = Path(cfg.data_dir)
+    names, labels, kind = list_inputs(data_dir)
+    # rows of a plain folder without a task prefix go to the only model, if there is only one
+    only = next(iter(readers)) if len(readers) == 1 else None
+    tasks = [task_of(n, only) for n in names]
+
+    missing = {}
+    for t in tasks:
+        if t not in readers:
+            missing[t] = missing.get(t, 0) + 1
+    if missing:
+        what = ", ".join(f"{n} rows of {t or 'no task (no task1/, task2/ or task3/ prefix)'}" for t, n in missing.items())
+        if not cfg.allow_partial:
+            raise CaptchaError(f"no model for {what}: add its checkpoint to ckpt=[...], or allow_partial=true to leave them out")
+        log.warning(f"allow_partial: leaving out {what}")
+
+    predictions, confidence = [None] * len(names), [0.0] * len(names)
+    for task, reader in readers.items():
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        if not rows:
+            continue
+        got, conf = reader.predict([data_dir / names[i] for i in rows], progress=cfg.progress)
+        for i, p, c in zip(rows, got, conf):
+            predictions[i], confidence[i] = p, float(c)
+
+    output = Path(cfg.output)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["filename", "label"])
+    writer.writerows((n, p) for n, p in zip(names, predictions) if p is not None)
+    atomic_write_text(output, buffer.getvalue())
+    print(f"wrote {sum(p is not None for p in predictions)} predictions to {output}")
+    if labels is None:
+        return {}
+    return write_report(output, data_dir, names, labels, tasks, predictions, confidence, readers)
+
+
+def write_report(output: Path, data_dir, names, labels, tasks, predictions, confidence, readers) -> dict:
+    """metrics JSON, confusion matrix and worst-mistakes grid beside `output`."""
+    done = [i for i, p in enumerate(predictions) if p is not None]
+    metrics = {}
+    for task in sorted(readers):
+        rows = [i for i in done if tasks[i] == task]
+        if rows:
+            metrics[task] = accuracy([predictions[i] for i in rows], [labels[i] for i in rows])
+    metrics["overall"] = accuracy([predictions[i] for i in done], [labels[i] for i in done])
+    stem = output.with_suffix("")
+    atomic_write_text(f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
+    with atomic_path(f"{stem}.confusion.png") as tmp:
+        confusion_picture([predictions[i] for i in done], [labels[i] for i in done]).save(tmp, format="PNG")
+    for task in metrics:
+        if task == "overall":
+            continue
+        rows = [i for i in done if tasks[i] == task]
+        r = readers[task]
+        picture = mistakes_picture([data_dir / names[i] for i in rows], [predictions[i] for i in rows],
+                                   [labels[i] for i in rows], [confidence[i] for i in rows], r.width, r.height)
+        with atomic_path(f"{stem}.mistakes_{task}.png") as tmp:
+            picture.save(tmp, format="PNG")
+    for task, m in metrics.items():
+        print(f"{task}: exact_match={m['exact_match']:.4f} char_acc={m['char_acc']:.4f} (n={m['n']})")
+    return metrics

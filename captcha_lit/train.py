@@ -1,0 +1,68 @@
+"""The training entry: config in, fitted model, checkpoints and metrics out."""
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .checkpoint import AtomicCheckpointIO
+from .errors import CaptchaError
+from .hardware import training_precision
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Catch the common mistakes in one line each, before any data is read."""
+    if cfg.task.name not in ("task1", "task2", "task3"):
+        raise CaptchaError(f"task.name={cfg.task.name!r}: choose task1, task2 or task3")
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
+    if cfg.data.batch_size is None or cfg.data.batch_size < 1:
+        raise CaptchaError(f"batch size {cfg.data.batch_size}: must be at least 1 (task.batch_size=...)")
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """The saved config of run folder `cfg.resume`, set to continue from its last checkpoint."""
+    run = Path(cfg.resume)
+    saved, last = run / ".hydra" / "config.yaml", run / "checkpoints" / "last.ckpt"
+    if not saved.is_file() or not last.is_file():
+        raise CaptchaError(f"resume={run}: expected {saved} and {last}")
+    old = OmegaConf.load(saved)
+    with open_dict(old):
+        old.output_dir, old.ckpt_path, old.resume = str(run), str(last), None
+    return old
+
+
+def train(cfg: DictConfig) -> float:
+    """Fits the model, tests the best checkpoint, and returns the best val/exact_match
+    (the value a Hydra sweeper optimises)."""
+    if cfg.get("resume"):
+        cfg = resume_config(cfg)
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    model = instantiate(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
+                          plugins=[AtomicCheckpointIO()])
+    log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best is not None else None, verbose=False)
+        metrics.update({k: float(v) for k, v in tested[0].items()})
+    print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    if checkpoint is not None and checkpoint.best_model_path:
+        print(f"best checkpoint: {checkpoint.best_model_path}")
+    return float(best) if best is not None else metrics.get("val/exact_match", 0.0)

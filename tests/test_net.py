@@ -1,0 +1,26 @@
+import torch
+
+from captcha_lit.module import CaptchaModule
+from captcha_lit.net import ResNet
+
+
+def test_report_parameter_count():
+    # the report's network with 36 classes and four heads
+    assert sum(p.numel() for p in ResNet(4, 36).parameters()) == 3_578_292
+
+
+def test_shapes_for_both_image_sizes():
+    for task, length, w, h in (("task1", 1, 72, 72), ("task2", 2, 72, 72), ("task3", 4, 96, 72)):
+        model = CaptchaModule(task=task, length=length, width=w, height=h,
+                              alphabet="0123456789abcdefghijklmnopqrstuvwxyz", widths=(8, 8, 16, 16))
+        images = torch.randint(0, 256, (3, 3, h, w), dtype=torch.uint8)
+        assert model(images).shape == (3, length, 36)
+        labels = model.predict_step(images, 0)
+        assert len(labels) == 3 and all(len(s) == length for s in labels)
+
+
+def test_hyperparameters_are_primitives():
+    model = CaptchaModule(optimizer=torch.optim.Adam)
+    allowed = (str, int, float, bool, tuple, list, type(None))
+    assert all(isinstance(v, allowed) for v in model.hparams.values())
+    assert "optimizer" not in model.hparams
