@@ -1,6 +1,6 @@
 """Saving checkpoints atomically and loading them without running any code."""
 import pickle
-import zipfile
+import re
 from pathlib import Path
 
 import torch
@@ -20,11 +20,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def load_module(path) -> CaptchaModule:
+def load_module(path, expect: dict | None = None) -> CaptchaModule:
     """A CaptchaModule in eval mode, rebuilt from the checkpoint's own hyperparameters.
 
     The file is read with weights_only=True: only tensors and plain values are unpickled, so a
-    crafted checkpoint cannot execute code; it is refused instead.
+    crafted checkpoint cannot execute code; it is refused instead. `expect` (e.g. task=, alphabet=,
+    width=, height=) refuses a checkpoint trained for anything else.
     """
     path = Path(path)
     if not path.is_file():
@@ -32,14 +33,20 @@ def load_module(path) -> CaptchaModule:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0]
-        raise CaptchaError(f"{path}: refused: it holds objects other than tensors and plain values, and loading "
-                           f"them could run code ({reason})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise CaptchaError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+        blocked = re.search(r"GLOBAL (\S+)", str(e))
+        if blocked:
+            raise CaptchaError(f"{path}: refused: it would import {blocked.group(1)}, and loading it could run code; "
+                               f"use a checkpoint that holds only tensors and plain values") from None
+        raise CaptchaError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+    except Exception as e:  # random bytes or text fail anywhere inside the unpickler (KeyError, IndexError, ...)
+        raise CaptchaError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_reason(e)})") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "task" not in hparams or "state_dict" not in ckpt:
         raise CaptchaError(f"{path}: not a captcha-lit checkpoint (no task in its hyperparameters)")
+    for key, wanted in (expect or {}).items():
+        if hparams.get(key) != wanted:
+            raise CaptchaError(f"{path}: trained for {key}={hparams.get(key)!r}, not the {key}={wanted!r} asked for: "
+                               f"use a checkpoint trained for {key}={wanted!r}")
     try:
         module = CaptchaModule(**hparams)
         module.load_state_dict(ckpt["state_dict"])
@@ -47,3 +54,12 @@ def load_module(path) -> CaptchaModule:
         raise CaptchaError(f"{path}: its hyperparameters and weights do not fit this version of captcha-lit "
                            f"({str(e).splitlines()[0]})") from None
     return module.eval()
+
+
+def _reason(e: Exception) -> str:
+    """The informative line of a torch.load error (its messages open with boilerplate)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else "empty or truncated file"

@@ -30,17 +30,19 @@ TASK_LENGTHS = {"task1": 1, "task2": 2, "task3": 4}
 
 # ---------------------------------------------------------------- reading images and folders
 def load_image(path, width: int, height: int) -> np.ndarray:
-    """Any image file as (H, W, 3) uint8 RGB: grayscale, RGBA and palette images are converted,
-    and images of another size are resized to width x height."""
+    """Any image file as (H, W, 3) uint8 RGB: grayscale (8- or 16-bit), RGBA and palette images are
+    converted, and images of another size are resized to width x height."""
     try:
         with Image.open(path) as img:
+            if img.mode.startswith("I;16"):  # 16-bit grayscale: convert() would clip it to white
+                img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
             img = img.convert("RGB")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise CaptchaError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CaptchaError(f"{path}: not a readable image ({e})") from None
 
 
@@ -48,8 +50,11 @@ def read_csv_rows(csv_path: Path) -> list[tuple[int, str, str]]:
     """(line number, filename, label) for each row of a `filename,label` CSV."""
     if not csv_path.is_file():
         raise CaptchaError(f"{csv_path}: file not found")
-    with open(csv_path, newline="") as f:
-        lines = list(csv.reader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not part of the header
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CaptchaError(f"{csv_path}: not a UTF-8 CSV file ({e}); save it as CSV with the header 'filename,label'") from None
     if not lines:
         raise CaptchaError(f"{csv_path}: the file is empty; expected the header 'filename,label'")
     header = [h.strip() for h in lines[0]]
@@ -256,6 +261,9 @@ class CaptchaDataModule(pl.LightningDataModule):
             return
         items = read_annotations(self.root, self.task, self.length, self.alphabet)
         train_idx, val_idx = split(len(items), self.val_fraction, self.seed)
+        if len(train_idx) == 0:
+            raise CaptchaError(f"{Path(self.root) / 'annotations.csv'}: {len(items)} usable {self.task} row(s) leave none "
+                               f"to train on after the validation split: add images or lower data.val_fraction={self.val_fraction}")
         self.train_set = self._folder([items[i] for i in train_idx])
         self.val_set = self.test_set = self._folder([items[i] for i in val_idx])  # the folder's held-out split
         if self.source == "mixed":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
+from .alphabet import ALPHANUMERIC
 from .data import TASK_LENGTHS, read_csv_rows
 from .errors import CaptchaError
 from .io import atomic_path, atomic_write_text
@@ -113,7 +114,8 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     stem = output.with_suffix("")
     atomic_write_text(f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
     with atomic_path(f"{stem}.confusion.png") as tmp:
-        confusion_picture([predictions[i] for i in done], [labels[i] for i in done]).save(tmp, format="PNG")
+        alphabet = "".join(c for c in ALPHANUMERIC if any(c in r.alphabet for r in readers.values()))
+        confusion_picture([predictions[i] for i in done], [labels[i] for i in done], alphabet).save(tmp, format="PNG")
     for task in metrics:
         if task == "overall":
             continue

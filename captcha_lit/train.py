@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -23,6 +24,23 @@ def check_config(cfg: DictConfig) -> None:
         raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
     if cfg.data.batch_size is None or cfg.data.batch_size < 1:
         raise CaptchaError(f"batch size {cfg.data.batch_size}: must be at least 1 (task.batch_size=...)")
+    if cfg.data.source != "synthetic":
+        root = None if OmegaConf.is_missing(cfg.data, "root") else cfg.data.root
+        if not root:
+            raise CaptchaError(f"data={cfg.data.source} needs the folder: add data.root=PATH")
+        if not Path(root).is_dir():
+            raise CaptchaError(f"data.root={root}: no such folder; point it at the folder holding annotations.csv")
+
+
+def build(node, **kwargs):
+    """instantiate(), but a CaptchaError raised by the target comes out as itself, not wrapped in
+    Hydra's InstantiationException (which the entry points would print as a traceback)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, CaptchaError):
+            raise e.__cause__ from None
+        raise
 
 
 def resume_config(cfg: DictConfig) -> DictConfig:
@@ -31,6 +49,8 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     saved, last = run / ".hydra" / "config.yaml", run / "checkpoints" / "last.ckpt"
     if not saved.is_file() or not last.is_file():
         raise CaptchaError(f"resume={run}: expected {saved} and {last}")
+    for tmp in last.parent.glob(".*.tmp"):  # a save cut short by the interruption; the previous file is intact
+        tmp.unlink()
     old = OmegaConf.load(saved)
     with open_dict(old):
         old.output_dir, old.ckpt_path, old.resume = str(run), str(last), None
@@ -44,15 +64,15 @@ def train(cfg: DictConfig) -> float:
         cfg = resume_config(cfg)
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    optimizer = instantiate(cfg.optimizer)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    model = instantiate(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    datamodule = build(cfg.data)
+    optimizer = build(cfg.optimizer)
+    scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
+    model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    callbacks = [build(c) for c in cfg.callbacks.values()]
+    loggers = [build(c) for c in cfg.logger.values()]
     precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer = instantiate(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
-                          plugins=[AtomicCheckpointIO()])
+    trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
+                    plugins=[AtomicCheckpointIO()])
     log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 

@@ -1,0 +1,106 @@
+"""Prediction throughput of captcha_lit.reader.CaptchaReader: PyTorch eager vs onnxruntime.
+
+    python bench/predict_throughput.py [--n 10000] [--rounds 3] [--batch 256] [--workers 2] [--device cpu|cuda] [--no-cli]
+
+An untrained task3 model (96x72, 4 characters of 0-9a-z) is saved as a checkpoint and exported
+to ONNX; speed does not depend on the weights. Each backend reads --n in-memory uint8 arrays
+(the model alone) and --n PNG files (decoding included, on --workers processes), rounds
+alternating the backends. Last, `python predict.py` runs once per backend on the PNG folder,
+timed end to end (interpreter start, imports and model loading included).
+"""
+import argparse
+import atexit
+import multiprocessing as mp
+import shutil
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from captcha_lit.export import export_onnx
+from captcha_lit.module import CaptchaModule
+from captcha_lit.reader import CaptchaReader
+from captcha_lit.render import Renderer, sample_rng
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--n", type=int, default=10000, help="images per measurement (the competition's test set: 10,000)")
+parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--batch", type=int, default=256, help="the reader's batch size (predict.yaml's default)")
+parser.add_argument("--workers", type=int, default=2, help="PNG-decoding processes (predict.yaml's default)")
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the eager model")
+parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end `python predict.py` runs")
+args = parser.parse_args()
+
+HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"])
+
+
+def render_png(i):
+    img, _ = renderer.render(sample_rng(0, "bench", i))
+    Image.fromarray(img).save(tmp / "task3" / f"{i:06d}.png")
+    return img
+
+
+# ---------------------------------------------------------------- model files and data (untimed)
+torch.manual_seed(0)
+module = CaptchaModule(**HP)
+ckpt = tmp / "task3.ckpt"
+# all that checkpoint.load_module reads: the weights and the constructor arguments
+torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+onnx = export_onnx(ckpt, tmp / "task3.onnx")
+t = time.perf_counter()
+(tmp / "task3").mkdir()
+with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+    arrays = pool.map(render_png, range(args.n), chunksize=64)
+paths = sorted((tmp / "task3").glob("*.png"))
+print(f"rendered {args.n} images and wrote them as PNGs in {time.perf_counter() - t:.1f}s")
+
+readers = {
+    "torch": lambda w: CaptchaReader.from_checkpoint(ckpt, device=args.device, batch_size=args.batch, num_workers=w),
+    "onnx": lambda w: CaptchaReader.from_onnx(onnx, batch_size=args.batch, num_workers=w),
+}
+inputs = {"arrays": (arrays, 0), "png": (paths, args.workers)}
+readers["torch"](0).read(arrays[:args.batch])  # warm-up: oneDNN builds its kernels on the first batches
+readers["onnx"](0).read(arrays[:args.batch])
+
+# ---------------------------------------------------------------- rounds, backends side by side
+print(f"torch={torch.__version__} eager device={args.device} (precision auto), onnxruntime CPU; "
+      f"n={args.n} batch={args.batch} png workers={args.workers} rounds={args.rounds}")
+rates = {(b, i): [] for i in inputs for b in readers}
+for r in range(args.rounds):
+    for (backend, what), got in rates.items():
+        images, workers = inputs[what]
+        reader = readers[backend](workers)
+        t0 = time.perf_counter()
+        reader.read(images)
+        got.append(len(images) / (time.perf_counter() - t0))
+    print(f"round {r}: " + ", ".join(f"{b}/{i}={v[-1]:.0f}" for (b, i), v in rates.items()) + " img/s")
+
+# ---------------------------------------------------------------- python predict.py, end to end
+cli = {}
+if not args.no_cli:
+    root = Path(__file__).resolve().parents[1]
+    for backend, model in (("torch", ckpt), ("onnx", onnx)):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "predict.py", f"ckpt={model}", f"data_dir={tmp}", f"output={tmp}/sub.csv",
+                        f"device={args.device}", f"batch_size={args.batch}", f"num_workers={args.workers}",
+                        "progress=false"], cwd=root, check=True, stdout=subprocess.DEVNULL)
+        cli[backend] = args.n / (time.perf_counter() - t0)
+
+ips = {k: statistics.median(v) for k, v in rates.items()}
+print(f"\n{'path':<26} {'torch img/s':>12} {'onnx img/s':>11} {'onnx/torch':>11} {'10k: torch s':>13} {'onnx s':>7}")
+rows = [("in-memory uint8 arrays", ips["torch", "arrays"], ips["onnx", "arrays"]),
+        (f"PNG files, {args.workers} decoders", ips["torch", "png"], ips["onnx", "png"])]
+if cli:
+    rows.append(("python predict.py (1 run)", cli["torch"], cli["onnx"]))
+for name, a, b in rows:
+    print(f"{name:<26} {a:>12.0f} {b:>11.0f} {b / a:>10.2f}x {10000 / a:>13.1f} {10000 / b:>7.1f}")
+print(f"onnx/torch: {ips['onnx', 'arrays'] / ips['torch', 'arrays']:.2f}")

@@ -1,0 +1,136 @@
+"""Training images/s: CaptchaModule through pytorch_lightning.Trainer vs a plain PyTorch loop.
+
+    python bench/train_throughput.py [--rounds 3] [--batch 32] [--steps 4] [--device cpu|cuda]
+
+Both sides train the same ResNet (same constructor arguments, same seed), with Adam(lr=1e-3),
+on the same uint8 batches already in memory, served by the same batched DataLoader the
+datamodule uses for in-memory data. Only steady-state steps are timed: each run does --warmup
+steps first. Rounds alternate the variants so that drift hits them all alike; the table shows
+medians. The plain loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last).
+"""
+import argparse
+import statistics
+import time
+import warnings
+from functools import partial
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+from captcha_lit.data import ArrayDataset
+from captcha_lit.hardware import training_precision
+from captcha_lit.module import CaptchaModule
+from captcha_lit.net import ResNet
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--batch", type=int, default=32)
+parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+parser.add_argument("--precisions", default="bf16-cl,fp32-nchw",
+                    help="plain-loop variants: {fp32,bf16}-{nchw,cl}; the one matching Lightning is always added")
+args = parser.parse_args()
+warnings.filterwarnings("ignore")  # Lightning's advice on num_workers, logging, etc.
+dev = torch.device(args.device)
+torch.backends.cudnn.benchmark = True  # what conf/trainer/gpu.yaml does
+
+# task3: the largest input (96x72) and four heads
+HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+accelerator = "gpu" if dev.type == "cuda" else "cpu"
+precision = training_precision("auto", accelerator)  # what train.py picks: bf16-mixed on this CPU
+amp = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")  # (16-mixed: GradScaler left out)
+matching = f"{amp}-cl"  # the module trains channels-last (its widths are all >= 16)
+variants = ["lightning", matching] + [p for p in args.precisions.split(",") if p and p != matching]
+
+# one epoch holds every step of a run, so no epoch-end work (metric compute) falls inside it
+n = args.batch * (args.warmup + args.steps)
+rng = np.random.default_rng(0)
+data = ArrayDataset(rng.integers(0, 256, (n, HP["height"], HP["width"], 3), dtype=np.uint8),
+                    rng.integers(0, len(HP["alphabet"]), (n, HP["length"])))
+loader = DataLoader(data, batch_size=None, sampler=BatchSampler(RandomSampler(data), args.batch, drop_last=True))
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the start of step `warmup` to the end of the last step."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == args.warmup:
+            sync()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == args.warmup + args.steps - 1:
+            sync()
+            self.seconds = time.perf_counter() - self.t0
+
+
+torch.manual_seed(0)
+module = CaptchaModule(**HP, optimizer=partial(torch.optim.Adam, lr=1e-3))
+
+
+def run_lightning():
+    timer = StepTimer()
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         benchmark=dev.type == "cuda", callbacks=[timer])
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.seconds
+
+
+# the plain side: the module's network and preprocessing, written out without Lightning
+nets = {}
+for v in variants[1:]:
+    torch.manual_seed(0)
+    net = ResNet(HP["length"], len(HP["alphabet"])).to(dev)
+    if v.endswith("-cl"):
+        net = net.to(memory_format=torch.channels_last)
+    nets[v] = (net, torch.optim.Adam(net.parameters(), lr=1e-3))
+
+
+def run_plain(variant):
+    net, opt = nets[variant]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[variant.split("-")[0]]
+    layout = torch.channels_last if variant.endswith("-cl") else torch.contiguous_format
+    net.train()
+    for i, (images, targets) in enumerate(loader):
+        if i == args.warmup:
+            sync()
+            t0 = time.perf_counter()
+        images, targets = images.to(dev, non_blocking=True), targets.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            x = ((images.float() / 255 - 0.5) / 0.5).contiguous(memory_format=layout)  # the module's normalisation
+            logits = net(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * HP["length"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    return time.perf_counter() - t0
+
+
+print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} lightning precision={precision}")
+print(f"batch={args.batch} warmup={args.warmup} timed steps={args.steps} rounds={args.rounds} input=96x72 task3")
+times = {v: [] for v in variants}
+for r in range(args.rounds):
+    for v in variants:
+        times[v].append(run_lightning() if v == "lightning" else run_plain(v))
+    print(f"round {r}: " + "  ".join(f"{v}={args.batch * args.steps / times[v][-1]:.1f}" for v in variants) + " img/s")
+
+ips = {v: args.batch * args.steps / statistics.median(t) for v, t in times.items()}
+print(f"\n{'variant':<12} {'precision':<22} {'img/s':>8} {'ms/step':>8} {'vs plain ' + matching:>16}")
+for v in variants:
+    what = f"{precision}, channels-last" if v == "lightning" else v.replace("-cl", ", channels-last").replace("-nchw", ", NCHW")
+    print(f"{v:<12} {what:<22} {ips[v]:>8.1f} {1000 * args.batch / ips[v]:>8.1f} {ips[v] / ips[matching]:>15.2f}x")
+if "fp32-nchw" in ips and "bf16-cl" in ips:
+    print(f"plain bf16 channels-last / fp32 NCHW: {ips['bf16-cl'] / ips['fp32-nchw']:.2f}x")
+print(f"lightning/plain: {ips['lightning'] / ips[matching]:.3f}")

@@ -1,0 +1,34 @@
+"""A callback that shows what the model reads: validation images captioned 'predicted / true'."""
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, ImageDraw
+from pytorch_lightning.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
+
+from .alphabet import decode
+
+
+class ValidationImages(pl.Callback):
+    """Each validation, logs a grid of the first `count` validation images to TensorBoard (a no-op
+    without a TensorBoard logger). Captions are green when right, red when wrong."""
+
+    def __init__(self, count: int = 32):
+        self.count = count
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None or batch_idx != 0 or trainer.sanity_checking:
+            return
+        images, targets = batch[0][: self.count], batch[1][: self.count]
+        with torch.no_grad():
+            preds = pl_module(images).argmax(-1)
+        alphabet = pl_module.hparams.alphabet
+        tiles = []
+        for image, pred, target in zip(images.cpu(), preds.cpu(), targets.cpu()):
+            tile = Image.new("RGB", (image.shape[2], image.shape[1] + 12), "white")
+            tile.paste(Image.fromarray(image.permute(1, 2, 0).numpy()))
+            p, t = decode(pred, alphabet), decode(target, alphabet)
+            ImageDraw.Draw(tile).text((2, image.shape[1]), f"{p} / {t}", fill="green" if p == t else "red")
+            tiles.append(torch.from_numpy(np.asarray(tile)).permute(2, 0, 1))
+        logger.experiment.add_image("val/predictions", make_grid(tiles, nrow=8, pad_value=255), trainer.global_step)

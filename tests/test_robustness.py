@@ -1,0 +1,373 @@
+"""Bad input, interruptions and untrusted checkpoints: a CaptchaError naming the file, row or setting
+(or a documented skip counted in a warning), never a library traceback or a silently wrong result;
+an interrupted run resumes with one command; nothing is left half-written."""
+import csv
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import captcha_lit.train
+from captcha_lit.checkpoint import AtomicCheckpointIO, load_module
+from captcha_lit.data import CaptchaDataModule, load_image, read_annotations, split
+from captcha_lit.errors import CaptchaError
+from captcha_lit.io import atomic_write_text
+from captcha_lit.module import CaptchaModule
+from captcha_lit.train import build, train
+
+from conftest import ROOT, TINY, compose_cfg, make_folder
+
+DIGITS = "0123456789"
+ALNUM = DIGITS + "abcdefghijklmnopqrstuvwxyz"
+
+
+def write_csv(root, rows, header=("filename", "label")):
+    with open(root / "annotations.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+def corrupt(path, how):
+    """Turns a good PNG into a bad one with the same name."""
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "text": b"not an image\n", "empty": b""}[how])
+
+
+def task1_datamodule(root, **kw):
+    return CaptchaDataModule("task1", 1, DIGITS, 72, 72, source="kaggle", root=str(root), **kw)
+
+
+# ---------------------------------------------------------------- images
+@pytest.mark.parametrize("how", ["truncated", "text", "empty"])
+def test_unreadable_png_names_the_file(tmp_path, how):
+    root = make_folder(tmp_path / "d", {"task1": 6})
+    corrupt(root / "task1" / "00003.png", how)
+    with pytest.raises(CaptchaError, match=r"00003\.png: not a readable image"):
+        load_image(root / "task1" / "00003.png", 72, 72)
+    with pytest.raises(CaptchaError, match=r"00003\.png: not a readable image"):  # in-process materialize
+        task1_datamodule(root, num_workers=0).setup("fit")
+
+
+def test_unreadable_png_names_the_file_through_the_process_pool(tmp_path):
+    """>= 1000 items and several workers: materialize decodes in a multiprocessing Pool."""
+    root = make_folder(tmp_path / "d", {"task1": 1})
+    good = root / "task1" / "00000.png"
+    for i in range(1, 1200):
+        os.link(good, root / "task1" / f"{i:05d}.png")
+    write_csv(root, [(f"task1/{i:05d}.png", "7") for i in range(1200)])
+    train_idx, _ = split(1200, 0.15, 0)
+    bad = root / "task1" / f"{train_idx[700]:05d}.png"
+    bad.unlink()
+    bad.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CaptchaError, match=rf"{bad.name}: not a readable image"):
+        task1_datamodule(root, num_workers=2).setup("fit")
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "P", "1", "RGB-small", "RGB-large"])
+def test_other_modes_and_sizes_are_converted(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 72, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)  # 16-bit grayscale
+    elif mode.startswith("RGB-"):
+        img = rgb.resize((40, 30) if mode == "RGB-small" else (200, 150))
+    else:
+        img = rgb.convert(mode)
+    img.save(tmp_path / "x.png")
+    array = load_image(tmp_path / "x.png", 72, 72)
+    assert array.shape == (72, 72, 3) and array.dtype == np.uint8
+    if mode in ("L", "I;16"):  # the grey levels survive, not clipped to white
+        assert np.abs(array[..., 0].astype(int) - np.asarray(rgb.convert("L"))).max() <= 1
+    if mode == "RGBA":
+        assert (array == np.asarray(rgb)).all()
+
+
+def test_mixed_modes_load_through_the_datamodule(tmp_path):
+    root = make_folder(tmp_path / "d", {"task1": 8})
+    for i, mode in enumerate(["L", "RGBA", "P", "1"]):
+        path = root / "task1" / f"{i:05d}.png"
+        Image.open(path).convert(mode).resize((50, 90)).save(path)
+    dm = task1_datamodule(root, num_workers=0, val_fraction=0.25)
+    dm.setup("fit")
+    assert dm.train_set.images.shape == (6, 72, 72, 3) and dm.val_set.images.shape == (2, 72, 72, 3)
+
+
+# ---------------------------------------------------------------- the CSV
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"task1/00000.png,1\ntask1/00001.png,2\n", "the first line must be the header 'filename,label', found 'task1/00000.png,1'"),
+    (b"filename,label,source\ntask1/00000.png,1,real\n", "the first line must be the header 'filename,label'"),
+    (b"filename,label\ntask1/00000.png,1,real\n", r"expected 2 fields \(filename,label\), found 3"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 CSV file"),
+    (b"filename,label\n", r"no usable rows of task1 \(rows per folder prefix: none\)"),
+])
+def test_bad_csv_names_the_file_and_what_is_wrong(tmp_path, content, message):
+    root = make_folder(tmp_path / "d", {"task1": 2})
+    (root / "annotations.csv").write_bytes(content)
+    with pytest.raises(CaptchaError, match=r"annotations\.csv(, line 2)?: " + message):
+        read_annotations(root, "task1", 1, DIGITS)
+
+
+def test_csv_with_a_byte_order_mark_loads(tmp_path):
+    root = make_folder(tmp_path / "d", {"task1": 3})
+    path = root / "annotations.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheets save "CSV UTF-8"
+    assert len(read_annotations(root, "task1", 1, DIGITS)) == 3
+
+
+def test_missing_csv_and_missing_image(tmp_path):
+    root = make_folder(tmp_path / "d", {"task1": 3})
+    with open(root / "annotations.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("task1/gone.png", "4"))
+    with pytest.raises(CaptchaError, match=r"annotations\.csv, line 5: image .*gone\.png not found"):
+        read_annotations(root, "task1", 1, DIGITS)
+    (root / "annotations.csv").unlink()
+    with pytest.raises(CaptchaError, match=r"annotations\.csv: file not found"):
+        read_annotations(root, "task1", 1, DIGITS)
+
+
+def test_bad_labels_are_dropped_and_counted(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", {"task2": 5})
+    with open(root / "annotations.csv", "a", newline="") as f:  # no image needed: dropped before any file is read
+        csv.writer(f).writerows([("task2/long.png", "abc"), ("task2/upper.png", "AB"), ("task2/punct.png", "a!"),
+                                 ("task2/empty.png", "")])
+    with caplog.at_level(logging.WARNING):
+        items = read_annotations(root, "task2", 2, ALNUM)
+    assert len(items) == 5
+    assert "dropped 4 task2 rows (1 length 3, 2 characters outside the alphabet, 1 length 0)" in caplog.text
+    assert "line 8 (task2/upper.png, 'AB'): characters 'AB' not in the alphabet" in caplog.text
+    # the digits-only task1 drops letters the same way
+    make_folder(root, {"task1": 4}, extra_rows=[("task1/letter.png", "a")])
+    with caplog.at_level(logging.WARNING):
+        assert len(read_annotations(root, "task1", 1, DIGITS)) == 4
+    assert "dropped 1 task1 rows (1 characters outside the alphabet)" in caplog.text
+
+
+def test_duplicate_rows(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", {"task1": 3})
+    rows = list(csv.reader(open(root / "annotations.csv")))
+    with open(root / "annotations.csv", "a", newline="") as f:
+        csv.writer(f).writerows([rows[1], rows[1], rows[2]])
+    with caplog.at_level(logging.WARNING):
+        assert len(read_annotations(root, "task1", 1, DIGITS)) == 3
+    assert "dropped 3 task1 rows (3 duplicate row)" in caplog.text
+    other = "1" if rows[3][1] == "0" else "0"
+    with open(root / "annotations.csv", "a", newline="") as f:
+        csv.writer(f).writerow((rows[3][0], other))
+    with pytest.raises(CaptchaError, match=rf"lines 4 and 8: task1/00002\.png is labelled both '{rows[3][1]}' and '{other}'"):
+        read_annotations(root, "task1", 1, DIGITS)
+
+
+def test_folder_without_the_task_and_too_few_rows(tmp_path):
+    root = make_folder(tmp_path / "d", {"task2": 4, "task3": 2})
+    with pytest.raises(CaptchaError, match=r"no usable rows of task1 \(rows per folder prefix: task2: 4, task3: 2\)"):
+        task1_datamodule(root, num_workers=0).setup("fit")
+    root = make_folder(tmp_path / "e", {"task1": 1})
+    with pytest.raises(CaptchaError, match=r"1 usable task1 row\(s\) leave none to train on .*data\.val_fraction"):
+        task1_datamodule(root, num_workers=0).setup("fit")
+
+
+def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
+    root = make_folder(tmp_path / "d", {"task1": 4})
+    corrupt(root / "task1" / "00002.png", "truncated")
+    cmd = [sys.executable, str(ROOT / "train.py"), "data=kaggle", f"data.root={root}", "task=task1", "trainer=cpu",
+           f"hydra.run.dir={tmp_path / 'run'}"] + TINY
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    assert len(errors) == 1 and "00002.png: not a readable image" in errors[0], result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- configuration mistakes
+@pytest.mark.parametrize("overrides, message", [
+    (["task.name=task9"], "task.name='task9': choose task1, task2 or task3"),
+    (["data=kaggle", "data.root=/nope"], "data.root=/nope: no such folder; point it at the folder holding annotations.csv"),
+    (["data=kaggle"], "data=kaggle needs the folder: add data.root=PATH"),
+    (["task.batch_size=0"], r"batch size 0: must be at least 1 \(task.batch_size=...\)"),
+    pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
+])
+def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("instantiated something before checking the config")
+    monkeypatch.setattr(captcha_lit.train, "build", no_work)
+    cfg = compose_cfg("train", TINY + overrides, tmp_path / "run")
+    with pytest.raises(CaptchaError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_errors_from_instantiated_objects_are_not_wrapped_by_hydra():
+    node = OmegaConf.create({"_target_": "captcha_lit.data.CaptchaDataModule", "task": "task1", "length": 1,
+                             "alphabet": DIGITS, "width": 72, "height": 72, "source": "folder"})
+    with pytest.raises(CaptchaError, match="data.source='folder': choose synthetic, kaggle or mixed"):
+        build(node)
+
+
+# ---------------------------------------------------------------- untrusted checkpoints
+def save_tiny_checkpoint(path, **hparams):
+    module = CaptchaModule(widths=(16, 16, 32, 32), **hparams)
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "epoch": 0}, path)
+    return module
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "plain-pickle"])
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, fmt):
+    marker, path = tmp_path / "MARKER", tmp_path / "evil.ckpt"
+    module = CaptchaModule(widths=(16, 16, 32, 32))
+    payload = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "x": RunsCode(marker)}
+    if fmt == "plain-pickle":
+        import pickle
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=fmt == "zip")
+    with pytest.raises(CaptchaError, match=r"evil\.ckpt: refused: it would import (posix|os|nt)\.system, and loading it could run code"):
+        load_module(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "empty", "truncated", "tensor", "directory", "missing"])
+def test_non_checkpoint_files_give_a_clear_error(tmp_path, kind):
+    path = tmp_path / "model.ckpt"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "text":
+        path.write_text("this is a text file, not a checkpoint\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        save_tiny_checkpoint(path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif kind == "tensor":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "directory":
+        path.mkdir()
+    message = {"tensor": "not a captcha-lit checkpoint", "directory": "no such file", "missing": "no such file"}
+    with pytest.raises(CaptchaError, match=message.get(kind, r"model\.ckpt: not a readable checkpoint \(")):
+        load_module(path)
+
+
+def test_random_bytes_never_escape_as_library_errors(tmp_path):
+    path = tmp_path / "noise.ckpt"
+    for seed in range(20):
+        path.write_bytes(np.random.default_rng(seed).bytes(64 + 97 * seed))
+        with pytest.raises(CaptchaError, match="noise.ckpt: (not a readable checkpoint|refused)"):
+            load_module(path)
+
+
+def test_checkpoint_for_another_task_or_size_is_refused(tmp_path):
+    path = tmp_path / "task1.ckpt"
+    module = save_tiny_checkpoint(path)
+    want = dict(task="task1", alphabet=DIGITS, width=72, height=72)
+    loaded = load_module(path, expect=want)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
+    for key, value in (("task", "task2"), ("alphabet", ALNUM), ("width", 96), ("height", 64)):
+        with pytest.raises(CaptchaError, match=rf"task1\.ckpt: trained for {key}=.*, not the {key}={value!r} asked for"):
+            load_module(path, expect={**want, key: value})
+    mismatched = torch.load(path, weights_only=True)
+    mismatched["hyper_parameters"]["widths"] = [32, 32, 64, 64]  # weights of another shape
+    torch.save(mismatched, path)
+    with pytest.raises(CaptchaError, match="hyperparameters and weights do not fit"):
+        load_module(path)
+
+
+# ---------------------------------------------------------------- nothing half-written
+def failing_write(exc):
+    def write(obj, f, *args, **kwargs):
+        pathlib.Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")  # some bytes reach the disk, then it fails
+        raise exc
+    return write
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failed_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch, exc):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1, "w": torch.ones(4)}, path)
+    monkeypatch.setattr(torch, "save", failing_write(exc))
+    with pytest.raises(type(exc)):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.undo()
+    assert os.listdir(path.parent) == ["last.ckpt"]
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["epoch"] == 1 and torch.equal(ckpt["w"], torch.ones(4))
+
+
+def test_failed_text_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "predictions.csv"
+    atomic_write_text(path, "filename,label\na.png,1\n")
+
+    def write_text(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:5])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "filename,label\nb.png,2\n" * 100)
+    monkeypatch.undo()
+    assert os.listdir(path.parent) == ["predictions.csv"] and path.read_text() == "filename,label\na.png,1\n"
+
+
+# ---------------------------------------------------------------- interruptions
+def read_metrics(run):
+    rows = []
+    for path in sorted((run / "csv").glob("version_*/metrics.csv")):
+        rows += [r for r in csv.DictReader(open(path)) if r.get("val/exact_match")]
+    return rows
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_with_one_command(tmp_path):
+    overrides = TINY + ["task.epochs=3", "trainer=cpu", "test=false"]
+    steps_per_epoch = -(-256 // 32)
+
+    # the uninterrupted reference, in-process
+    train(compose_cfg("train", overrides, tmp_path / "reference"))
+    reference = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (reference["epoch"], reference["global_step"]) == (2, 3 * steps_per_epoch)
+
+    run = tmp_path / "run"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run}"] + overrides,
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    last, deadline = run / "checkpoints" / "last.ckpt", time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert last.exists(), (tmp_path / "first.log").read_text()[-3000:]
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed = torch.load(last, weights_only=True)
+    assert killed["epoch"] == 0, "the kill came too late: the second epoch had ended"
+
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = torch.load(last, weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (reference["epoch"], reference["global_step"])
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+    # every epoch's validation metrics are on disk (the resumed run logs to a new csv version)
+    resumed, uninterrupted = read_metrics(run), read_metrics(tmp_path / "reference")
+    assert sorted({int(r["epoch"]) for r in resumed}) == [0, 1, 2] == sorted({int(r["epoch"]) for r in uninterrupted})
+    loss = {name: float(rows[-1]["val/loss"]) for name, rows in (("resumed", resumed), ("uninterrupted", uninterrupted))}
+    assert abs(loss["resumed"] - loss["uninterrupted"]) < 0.25 * loss["uninterrupted"], loss
