@@ -30,5 +30,5 @@ class ValidationImages(pl.Callback):
             tile.paste(Image.fromarray(image.permute(1, 2, 0).numpy()))
             p, t = decode(pred, alphabet), decode(target, alphabet)
             ImageDraw.Draw(tile).text((2, image.shape[1]), f"{p} / {t}", fill="green" if p == t else "red")
-            tiles.append(torch.from_numpy(np.asarray(tile)).permute(2, 0, 1))
+            tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
         logger.experiment.add_image("val/predictions", make_grid(tiles, nrow=8, pad_value=255), trainer.global_step)
