@@ -184,7 +184,7 @@ def materialize(dataset: Dataset, processes: int, desc: str) -> ArrayDataset:
 def cached(dataset: RenderedDataset, cache_dir, processes: int) -> ArrayDataset:
     """Renders `dataset` once into `cache_dir` as .npy files and memory-maps them on later runs."""
     r = dataset.renderer
-    key = f"{r.width}x{r.height}-{r.length}-{r.alphabet}-{r.font_sizes}-{dataset.seed}-{dataset.stream}-{dataset.size}"
+    key = f"{r.width}x{r.height}-{r.length}-{r.alphabet}-{r.font_sizes}-{r.style}-{dataset.seed}-{dataset.stream}-{dataset.size}"
     name = hashlib.sha1(key.encode()).hexdigest()[:16]
     img_path, tgt_path = Path(cache_dir) / f"{name}-images.npy", Path(cache_dir) / f"{name}-targets.npy"
     if not (img_path.exists() and tgt_path.exists()):
@@ -221,7 +221,8 @@ class CaptchaDataModule(pl.LightningDataModule):
                  source: str = "synthetic", root: str | None = None, num_train: int = 20000,
                  num_val: int = 1000, synthetic_ratio: float = 1.0, val_fraction: float = 0.15,
                  batch_size: int = 128, seed: int = 0, materialize: bool = True, cache_dir: str | None = None,
-                 num_workers: int | None = None, pin_memory: bool = False, font_sizes=None):
+                 num_workers: int | None = None, pin_memory: bool = False, font_sizes=None,
+                 style: str = "imagecaptcha"):
         super().__init__()
         if source not in ("synthetic", "kaggle", "mixed"):
             raise CaptchaError(f"data.source={source!r}: choose synthetic, kaggle or mixed")
@@ -236,7 +237,7 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.synthetic_ratio, self.val_fraction, self.batch_size, self.seed = synthetic_ratio, val_fraction, batch_size, seed
         self.materialize, self.cache_dir, self.pin_memory = materialize, cache_dir, pin_memory
         self.num_workers = os.cpu_count() if num_workers is None else num_workers
-        self.renderer = Renderer(width, height, length, alphabet, font_sizes)
+        self.renderer = Renderer(width, height, length, alphabet, font_sizes, style)
         self.train_set = self.val_set = self.test_set = None
 
     def _rendered(self, size: int, stream: str):

@@ -20,14 +20,14 @@ class CaptchaModule(pl.LightningModule):
     def __init__(self, task: str = "task1", length: int = 1, alphabet: str = "0123456789",
                  width: int = 72, height: int = 72,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # maps [0, 1] pixels to [-1, 1]
-                 widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2,
-                 label_smoothing: float = 0.0, channels_last: bool = True,
+                 widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2, columns: int = 0,
+                 label_smoothing: float = 0.0, augment: float = 0.0, channels_last: bool = True,
                  optimizer=None, scheduler=None):
         super().__init__()
         check_alphabet(alphabet)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = ResNet(length, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage)
+        self.net = ResNet(length, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage, columns)
         # NHWC convolutions: much faster with mixed precision on CPU and GPU. Not for stems
         # narrower than 16 channels: oneDNN's bf16 channels-last backward crashes on those (torch 2.14)
         self.channels_last = channels_last and min(widths) >= 16
@@ -49,6 +49,18 @@ class CaptchaModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """Random small rotations, shifts and scalings of a uint8 batch, on its device; `augment`
+        scales their strength (1.0: up to 6 degrees, 6 % shift, 8 % zoom)."""
+        s, b = self.hparams.augment, images.shape[0]
+        u = lambda: torch.rand(b, device=images.device) * 2 - 1  # uniform in [-1, 1] per image
+        angle, zoom = u() * s * 0.105, 1 + u() * s * 0.08
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, u() * s * 0.12], 1), torch.stack([sin, cos, u() * s * 0.12], 1)], 1)
+        grid = F.affine_grid(theta, images.shape, align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.round().clamp(0, 255).to(torch.uint8)
+
     def loss(self, logits, targets):
         # sum over the heads of each head's mean cross entropy
         per_char = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
@@ -66,6 +78,8 @@ class CaptchaModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
+        if self.hparams.augment > 0:
+            batch = (self.augmented(batch[0]), batch[1])
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):

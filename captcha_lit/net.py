@@ -25,7 +25,7 @@ class ResNet(nn.Module):
     """Maps (B, 3, H, W) float images to (B, length, num_classes) logits."""
 
     def __init__(self, length: int, num_classes: int, widths=(36, 72, 144, 288), strides=(1, 2, 2, 2),
-                 blocks_per_stage: int = 2):
+                 blocks_per_stage: int = 2, columns: int = 0):
         super().__init__()
         self.length, self.num_classes = length, num_classes
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
@@ -35,9 +35,11 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive, so 72x72 and 96x72 inputs both work
-        # `length` heads of c_in -> num_classes, fused into one Linear (same parameters, one matmul)
-        self.heads = nn.Linear(c_in, length * num_classes)
+        # columns=0: the report's global average pool. columns>0: pool the height only, down to that
+        # many columns, so the heads see where features are (left to right) and learn positions faster
+        self.pool = nn.AdaptiveAvgPool2d((1, columns) if columns else 1)  # adaptive: any input size works
+        # `length` heads of features -> num_classes, fused into one Linear (same parameters, one matmul)
+        self.heads = nn.Linear(c_in * max(1, columns), length * num_classes)
 
     def forward(self, x):
         x = self.pool(self.blocks(self.stem(x))).flatten(1)

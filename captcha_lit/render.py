@@ -11,6 +11,9 @@ import threading
 import numpy as np
 from captcha import image as captcha_image
 from captcha.image import ImageCaptcha
+from PIL.ImageDraw import Draw
+
+from .errors import CaptchaError
 
 _swap_lock = threading.Lock()  # the swap is module-wide: one render at a time per process
 
@@ -31,12 +34,45 @@ def sample_rng(seed: int, stream: str, index: int) -> random.Random:
     return _SeededSecrets(int.from_bytes(digest, "little"))
 
 
-class Renderer:
-    """Renders labelled captchas of a fixed size; picklable, so DataLoader workers can use it."""
+class KaggleStyleCaptcha(ImageCaptcha):
+    """ImageCaptcha drawn like the competition's images: every character in its own colour,
+    multicoloured cross-shaped noise and one thin dark curve, on a pale background. Its
+    randomness also comes from captcha's `secrets`, so it is seeded the same way."""
 
-    def __init__(self, width: int, height: int, length: int, alphabet: str, font_sizes=None):
+    def _draw_character(self, c, draw, color):
+        return super()._draw_character(c, draw, _colour(96, 200) + (255,))  # a new colour per character
+
+    def generate_image(self, chars, bg_color=None, fg_color=None):
+        im = self.create_captcha_image(chars, None, _colour(238, 255))
+        draw = Draw(im)
+        w, h = im.size
+        for _ in range(captcha_image.secrets.randbelow(30) + 30):  # small "x" crosses, each its own colour
+            x, y, r = captcha_image.secrets.randbelow(w), captcha_image.secrets.randbelow(h), 1
+            colour = _colour(0, 255)
+            draw.line(((x - r, y - r), (x + r, y + r)), fill=colour, width=1)
+            draw.line(((x - r, y + r), (x + r, y - r)), fill=colour, width=1)
+        self.create_noise_curve(im, _colour(20, 140))
+        return im
+
+
+def _colour(low: int, high: int) -> tuple[int, int, int]:
+    return tuple(captcha_image.secrets.randbelow(high - low + 1) + low for _ in range(3))
+
+
+STYLES = {"imagecaptcha": ImageCaptcha, "kaggle": KaggleStyleCaptcha}
+
+
+class Renderer:
+    """Renders labelled captchas of a fixed size; picklable, so DataLoader workers can use it.
+    style: "imagecaptcha" (the package's own look) or "kaggle" (closer to the competition's images)."""
+
+    def __init__(self, width: int, height: int, length: int, alphabet: str, font_sizes=None,
+                 style: str = "imagecaptcha"):
+        if style not in STYLES:
+            raise CaptchaError(f"data.style={style!r}: choose {' or '.join(STYLES)}")
         self.width, self.height, self.length, self.alphabet = width, height, length, alphabet
         self.font_sizes = tuple(font_sizes) if font_sizes else None
+        self.style = style
         self._captcha = None
 
     def __getstate__(self):
@@ -45,7 +81,7 @@ class Renderer:
     def render(self, rng: random.Random) -> tuple[np.ndarray, str]:
         """One (H, W, 3) uint8 image and its label, fully determined by `rng`."""
         if self._captcha is None:
-            self._captcha = ImageCaptcha(self.width, self.height, font_sizes=self.font_sizes)
+            self._captcha = STYLES[self.style](self.width, self.height, font_sizes=self.font_sizes)
         label = "".join(rng.choice(self.alphabet) for _ in range(self.length))
         with _swap_lock:
             saved, captcha_image.secrets = captcha_image.secrets, rng
