@@ -73,7 +73,8 @@ class CaptchaModule(pl.LightningModule):
         loss = self.loss(logits, targets)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.argmax(-1), targets)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=len(images))
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)  # averaged over DDP processes; a no-op on one device
         self.log_dict(metrics, prog_bar=stage == "val", on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 

@@ -5,7 +5,9 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 
 def one_cycle(optimizer, total_steps: int, pct_start: float = 0.25):
-    # the optimizer's lr is the peak; warm up over pct_start of the run, then anneal
+    # the optimizer's lr is the peak; warm up over pct_start of the run, then anneal. OneCycleLR
+    # divides by zero when the warm-up is under two steps, so very short runs get a longer cycle
+    total_steps = max(total_steps, math.ceil(2 / pct_start))
     return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                       total_steps=total_steps, pct_start=pct_start)
 

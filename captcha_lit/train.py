@@ -82,7 +82,8 @@ def train(cfg: DictConfig) -> float:
     if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
         tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best is not None else None, verbose=False)
         metrics.update({k: float(v) for k, v in tested[0].items()})
-    print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    if checkpoint is not None and checkpoint.best_model_path:
-        print(f"best checkpoint: {checkpoint.best_model_path}")
+    if trainer.is_global_zero:  # one report, also under DDP
+        print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if checkpoint is not None and checkpoint.best_model_path:
+            print(f"best checkpoint: {checkpoint.best_model_path}")
     return float(best) if best is not None else metrics.get("val/exact_match", 0.0)

@@ -14,13 +14,16 @@ from conftest import compose_cfg, make_folder
 DIGITS = "0123456789"
 
 
-def test_rendering_is_seeded():
-    r = Renderer(72, 72, 1, DIGITS)
+@pytest.mark.parametrize("style", ["imagecaptcha", "kaggle"])
+def test_rendering_is_seeded(style):
+    r = Renderer(96, 72, 4, DIGITS, style=style)
     a, la = r.render(sample_rng(0, "val", 3))
     b, lb = r.render(sample_rng(0, "val", 3))
     c, _ = r.render(sample_rng(1, "val", 3))
-    assert a.shape == (72, 72, 3) and a.dtype == np.uint8
+    assert a.shape == (72, 96, 3) and a.dtype == np.uint8 and len(la) == 4
     assert la == lb and (a == b).all() and not (a == c).all()
+    with pytest.raises(CaptchaError, match="data.style='fancy'"):
+        Renderer(96, 72, 4, DIGITS, style="fancy")
 
 
 def _val_set(seed, **kw):

@@ -24,3 +24,13 @@ def test_hyperparameters_are_primitives():
     allowed = (str, int, float, bool, tuple, list, type(None))
     assert all(isinstance(v, allowed) for v in model.hparams.values())
     assert "optimizer" not in model.hparams
+
+
+def test_positional_head_and_augmentation():
+    model = CaptchaModule(task="task3", length=4, width=96, height=72, alphabet="0123456789abcdefghijklmnopqrstuvwxyz",
+                          widths=(16, 16, 32, 32), columns=8, augment=1.0)
+    images = torch.randint(0, 256, (5, 3, 72, 96), dtype=torch.uint8)
+    assert model(images).shape == (5, 4, 36)
+    assert model.net.heads.in_features == 32 * 8
+    moved = model.augmented(images)
+    assert moved.shape == images.shape and moved.dtype == torch.uint8 and not torch.equal(moved, images)

@@ -62,3 +62,13 @@ def test_two_job_multirun(tmp_path):
         assert (sweep / job / ".hydra" / "config.yaml").is_file()
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
     assert "task=task2" in (sweep / "1" / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    cmd = [sys.executable, "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", f"hydra.run.dir={tmp_path}", "test=false", "task.num_train=256"] + TINY
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("final metrics:") == 1  # rank zero reports
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4  # 256 images / 32 per batch / 2 processes: each sees half
