@@ -1,6 +1,6 @@
 """Images/s delivered by each data source of captcha_lit.data, against what training consumes.
 
-    python bench/data_throughput.py [--rounds 3] [--batch 64] [--batches 10] [--files 2000] [--device cpu|cuda]
+    python bench/data_throughput.py [--rounds 5] [--batch 64] [--batches 10] [--files 2000] [--device cpu|cuda]
 
 (a) ImageCaptcha rendered on the fly (RenderedDataset, DataLoader with 0/1/2 workers),
 (b) PNG files decoded from disk (FolderDataset; a fresh folder in a tempdir, so the page cache
@@ -13,6 +13,7 @@ import argparse
 import atexit
 import csv
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import tempfile
@@ -30,7 +31,7 @@ from captcha_lit.module import CaptchaModule
 from captcha_lit.render import Renderer, sample_rng
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--batch", type=int, default=64)
 parser.add_argument("--batches", type=int, default=10, help="timed batches per loader run")
 parser.add_argument("--files", type=int, default=2000, help="images in the folder and in the cache")
@@ -134,6 +135,7 @@ def time_model():
 # ---------------------------------------------------------------- rounds, every source side by side
 print(f"device={dev} batch={args.batch} timed batches={args.batches} rounds={args.rounds} input=96x72 task3 "
       f"cpus={torch.get_num_threads()}")
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start (above that: other work shared them)")
 rates = {name: [] for name in [*sources, "model (training)"]}
 for r in range(args.rounds):
     for name, make in sources.items():
@@ -147,4 +149,5 @@ print(f"\n{'source':<22} {'img/s':>10} {'x model':>9}")
 for k, v in ips.items():
     print(f"{k:<22} {v:>10.0f} {v / model:>8.2f}x")
 print(f"(model: {precision}, batch {args.batch}, Adam, on {dev})")
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end (above that: other work shared them)")
 print(f"cache/model: {ips['cache (.npy memmap)'] / model:.1f}")

@@ -9,6 +9,7 @@ out, as MFU conventionally does). Achieved FLOP/s = those FLOPs x measured train
 torch.matmul in bf16 and fp32, measured in the same process.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -91,6 +92,7 @@ def matmul_rate(dtype, reps=3):
     return 2 * size**3 * reps / (time.perf_counter() - t0)
 
 
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start (above that: other work shared them)")
 train_rate(), matmul_rate(torch.bfloat16, 1), matmul_rate(torch.float32, 1)  # warm-up (kernel selection, oneDNN primitives)
 rates = {"train img/s": [], "bf16": [], "fp32": []}
 for r in range(args.rounds):  # interleaved, so drift (other load, clocks) hits all three alike
@@ -113,4 +115,5 @@ print(f"{f'matmul peak bf16 ({size}^2)':<34} {med['bf16'] / 1e9:>7.1f} GFLOP/s")
 print(f"{f'matmul peak fp32 ({size}^2)':<34} {med['fp32'] / 1e9:>7.1f} GFLOP/s")
 print(f"{'MFU vs bf16 peak':<34} {achieved / med['bf16']:>12.3f}")
 print(f"{'MFU vs fp32 peak':<34} {achieved / med['fp32']:>12.3f}")
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end (above that: other work shared them)")
 print(f"mfu: {achieved / peak:.3f}")

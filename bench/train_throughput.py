@@ -1,6 +1,6 @@
 """Training images/s: CaptchaModule through pytorch_lightning.Trainer vs a plain PyTorch loop.
 
-    python bench/train_throughput.py [--rounds 3] [--batch 32] [--steps 4] [--device cpu|cuda]
+    python bench/train_throughput.py [--rounds 5] [--batch 32] [--steps 5] [--device cpu|cuda]
 
 Both sides train the same ResNet (same constructor arguments, same seed), with Adam(lr=1e-3),
 on the same uint8 batches already in memory, served by the same batched DataLoader the
@@ -9,6 +9,8 @@ steps first. Rounds alternate the variants so that drift hits them all alike; th
 medians. The plain loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last).
 """
 import argparse
+import logging
+import os
 import statistics
 import time
 import warnings
@@ -26,15 +28,17 @@ from captcha_lit.module import CaptchaModule
 from captcha_lit.net import ResNet
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--batch", type=int, default=32)
-parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
 parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument("--precisions", default="bf16-cl,fp32-nchw",
                     help="plain-loop variants: {fp32,bf16}-{nchw,cl}; the one matching Lightning is always added")
 args = parser.parse_args()
 warnings.filterwarnings("ignore")  # Lightning's advice on num_workers, logging, etc.
+for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(name).setLevel(logging.ERROR)  # and its banners (GPU available, AMP, tips)
 dev = torch.device(args.device)
 torch.backends.cudnn.benchmark = True  # what conf/trainer/gpu.yaml does
 
@@ -120,6 +124,7 @@ def run_plain(variant):
 
 print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} lightning precision={precision}")
 print(f"batch={args.batch} warmup={args.warmup} timed steps={args.steps} rounds={args.rounds} input=96x72 task3")
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start (above that: other work shared them)")
 times = {v: [] for v in variants}
 for r in range(args.rounds):
     for v in variants:
@@ -127,10 +132,11 @@ for r in range(args.rounds):
     print(f"round {r}: " + "  ".join(f"{v}={args.batch * args.steps / times[v][-1]:.1f}" for v in variants) + " img/s")
 
 ips = {v: args.batch * args.steps / statistics.median(t) for v, t in times.items()}
-print(f"\n{'variant':<12} {'precision':<22} {'img/s':>8} {'ms/step':>8} {'vs plain ' + matching:>16}")
+print(f"\n{'variant':<12} {'precision':<26} {'img/s':>8} {'ms/step':>8} {'vs plain ' + matching:>16}")
 for v in variants:
     what = f"{precision}, channels-last" if v == "lightning" else v.replace("-cl", ", channels-last").replace("-nchw", ", NCHW")
-    print(f"{v:<12} {what:<22} {ips[v]:>8.1f} {1000 * args.batch / ips[v]:>8.1f} {ips[v] / ips[matching]:>15.2f}x")
+    print(f"{v:<12} {what:<26} {ips[v]:>8.1f} {1000 * args.batch / ips[v]:>8.1f} {ips[v] / ips[matching]:>15.2f}x")
 if "fp32-nchw" in ips and "bf16-cl" in ips:
     print(f"plain bf16 channels-last / fp32 NCHW: {ips['bf16-cl'] / ips['fp32-nchw']:.2f}x")
+print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end (above that: other work shared them)")
 print(f"lightning/plain: {ips['lightning'] / ips[matching]:.3f}")

@@ -51,10 +51,11 @@ def read_csv_rows(csv_path: Path) -> list[tuple[int, str, str]]:
     if not csv_path.is_file():
         raise CaptchaError(f"{csv_path}: file not found")
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not part of the header
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: skips a spreadsheet's byte order mark
             lines = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:
-        raise CaptchaError(f"{csv_path}: not a UTF-8 CSV file ({e}); save it as CSV with the header 'filename,label'") from None
+        raise CaptchaError(f"{csv_path}: not a UTF-8 CSV file ({e}); save it as CSV UTF-8 with the header "
+                           f"'filename,label'") from None
     if not lines:
         raise CaptchaError(f"{csv_path}: the file is empty; expected the header 'filename,label'")
     header = [h.strip() for h in lines[0]]
@@ -92,12 +93,12 @@ def read_annotations(root, task: str, length: int, alphabet: str) -> list[tuple[
             if seen[filename][1] != label:
                 raise CaptchaError(f"{csv_path}, lines {seen[filename][0]} and {lineno}: {filename} is labelled "
                                    f"both {seen[filename][1]!r} and {label!r}")
-            dropped["duplicate row"] += 1
+            dropped["duplicate"] += 1
             continue
         seen[filename] = (lineno, label)
         problem = label_problem(label, length, alphabet)
         if problem:
-            dropped[problem.split(",")[0] if "length" in problem else "characters outside the alphabet"] += 1
+            dropped["wrong length" if problem.startswith("length") else "characters outside the alphabet"] += 1
             first_drop.setdefault(problem, f"line {lineno} ({filename}, {label!r}): {problem}")
             continue
         path = root / filename
@@ -263,8 +264,9 @@ class CaptchaDataModule(pl.LightningDataModule):
         items = read_annotations(self.root, self.task, self.length, self.alphabet)
         train_idx, val_idx = split(len(items), self.val_fraction, self.seed)
         if len(train_idx) == 0:
-            raise CaptchaError(f"{Path(self.root) / 'annotations.csv'}: {len(items)} usable {self.task} row(s) leave none "
-                               f"to train on after the validation split: add images or lower data.val_fraction={self.val_fraction}")
+            raise CaptchaError(f"{Path(self.root) / 'annotations.csv'}: {len(items)} usable {self.task} row(s) leave "
+                               f"none to train on after the validation split: add images or lower "
+                               f"data.val_fraction={self.val_fraction}")
         self.train_set = self._folder([items[i] for i in train_idx])
         self.val_set = self.test_set = self._folder([items[i] for i in val_idx])  # the folder's held-out split
         if self.source == "mixed":

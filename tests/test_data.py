@@ -59,7 +59,7 @@ def test_kaggle_loader_filters_and_counts(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         task2 = read_annotations(root, "task2", 2, DIGITS + "abcdefghijklmnopqrstuvwxyz")
     assert len(task2) == 6
-    assert "dropped 2 task2 rows (1 length 1, 1 duplicate row)" in caplog.text
+    assert "dropped 2 task2 rows (1 wrong length, 1 duplicate)" in caplog.text
     assert len(read_annotations(root, "task3", 4, DIGITS + "abcdefghijklmnopqrstuvwxyz")) == 7
     task1 = read_annotations(root, "task1", 1, DIGITS)
     assert len(task1) == 5 and all(path.endswith(".png") and len(label) == 1 for path, label in task1)
