@@ -80,7 +80,8 @@ def train(cfg: DictConfig) -> float:
     best = checkpoint.best_model_score if checkpoint is not None else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best is not None else None, verbose=False)
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if best is not None else None,
+                              verbose=False)
         metrics.update({k: float(v) for k, v in tested[0].items()})
     if trainer.is_global_zero:  # one report, also under DDP
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
