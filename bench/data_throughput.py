@@ -1,6 +1,7 @@
 """Images/s delivered by each data source of captcha_lit.data, against what training consumes.
 
-    python bench/data_throughput.py [--rounds 5] [--batch 64] [--batches 10] [--files 2000] [--device cpu|cuda]
+    python bench/data_throughput.py [--rounds 5] [--batch 64] [--batches 10] [--files 2000]
+                                    [--style imagecaptcha|kaggle] [--device cpu|cuda]
 
 (a) ImageCaptcha rendered on the fly (RenderedDataset, DataLoader with 0/1/2 workers),
 (b) PNG files decoded from disk (FolderDataset; a fresh folder in a tempdir, so the page cache
@@ -36,12 +37,13 @@ parser.add_argument("--batch", type=int, default=64)
 parser.add_argument("--batches", type=int, default=10, help="timed batches per loader run")
 parser.add_argument("--files", type=int, default=2000, help="images in the folder and in the cache")
 parser.add_argument("--model-steps", type=int, default=3, help="timed training steps per round")
+parser.add_argument("--style", default="imagecaptcha", help="the renderer's style: imagecaptcha or kaggle")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 args = parser.parse_args()
 dev = torch.device(args.device)
 
 HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
-renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"])
+renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"], style=args.style)
 tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 
@@ -134,7 +136,7 @@ def time_model():
 
 # ---------------------------------------------------------------- rounds, every source side by side
 print(f"device={dev} batch={args.batch} timed batches={args.batches} rounds={args.rounds} input=96x72 task3 "
-      f"cpus={torch.get_num_threads()}")
+      f"style={args.style} cpus={torch.get_num_threads()}")
 print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start (higher: shared)")
 rates = {name: [] for name in [*sources, "model (training)"]}
 for r in range(args.rounds):

@@ -6,7 +6,9 @@ Both sides train the same ResNet (same constructor arguments, same seed), with A
 on the same uint8 batches already in memory, served by the same batched DataLoader the
 datamodule uses for in-memory data. Only steady-state steps are timed: each run does --warmup
 steps first. Rounds alternate the variants so that drift hits them all alike; the table shows
-medians. The plain loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last).
+medians, and the best round (on a shared machine, the least disturbed one). The Lightning side
+also runs what training_step does besides the loss (torchmetrics updates, self.log). The plain
+loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last).
 """
 import argparse
 import logging
