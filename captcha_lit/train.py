@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .checkpoint import AtomicCheckpointIO
 from .errors import CaptchaError
 from .hardware import training_precision
+from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def train(cfg: DictConfig) -> float:
     if cfg.get("resume"):
         cfg = resume_config(cfg)
     check_config(cfg)
+    # the config with every interpolation resolved (Hydra's .hydra/config.yaml keeps them)
+    atomic_write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     optimizer = build(cfg.optimizer)

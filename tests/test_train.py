@@ -27,6 +27,8 @@ def test_training_checkpoints_and_round_trip(tmp_path, capsys):
     best = next(p for p in (tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert f"best checkpoint: {best}" in out and "test/exact_match=" in out
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()
+    resolved = (tmp_path / "config.yaml").read_text()
+    assert "name: task1" in resolved and "${" not in resolved
     assert abs(score - float(best.stem.split("exact")[1])) < 1e-4
 
     # the checkpoint alone rebuilds the model (weights_only) and predicts exactly as it did
