@@ -160,25 +160,39 @@ class ArrayDataset(Dataset):
 
 def _fetch(args):
     dataset, i = args
-    img, target = dataset[i]
-    return img, target
+    try:
+        return dataset[i]
+    except CaptchaError as e:
+        # returned, not raised: a Pool torn down while its workers still hold results can hang
+        # (Pool.terminate() waits on a queue lock that a blocked worker holds)
+        return e
 
 
 def materialize(dataset: Dataset, processes: int, desc: str) -> ArrayDataset:
-    """Reads every item of `dataset` once, on `processes` cores, into arrays."""
+    """Reads every item of `dataset` once, on `processes` cores, into arrays. A bad item
+    (an unreadable image) stops it with that item's error once every item has been read."""
     first_img, first_target = dataset[0]
     images = np.empty((len(dataset), *first_img.shape), np.uint8)
     targets = np.empty((len(dataset), len(first_target)), np.int64)
     jobs = ((dataset, i) for i in range(len(dataset)))
     bar = dict(total=len(dataset), desc=desc, unit="img", disable=len(dataset) < 2000, leave=False)
+    error = None
+
+    def store(results):
+        nonlocal error
+        for i, item in enumerate(tqdm(results, **bar)):
+            if isinstance(item, CaptchaError):
+                error = error or item
+            else:
+                images[i], targets[i] = item
+
     if processes > 1 and len(dataset) >= 1000:
         with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(processes) as pool:
-            results = pool.imap(_fetch, jobs, chunksize=64)
-            for i, (img, target) in enumerate(tqdm(results, **bar)):
-                images[i], targets[i] = img, target
+            store(pool.imap(_fetch, jobs, chunksize=64))  # drained to the end: the pool closes idle
     else:
-        for i, (img, target) in enumerate(tqdm(map(_fetch, jobs), **bar)):
-            images[i], targets[i] = img, target
+        store(map(_fetch, jobs))
+    if error is not None:
+        raise error
     return ArrayDataset(images, targets)
 
 
@@ -222,7 +236,7 @@ class CaptchaDataModule(pl.LightningDataModule):
                  source: str = "synthetic", root: str | None = None, num_train: int = 20000,
                  num_val: int = 1000, synthetic_ratio: float = 1.0, val_fraction: float = 0.15,
                  batch_size: int = 128, seed: int = 0, materialize: bool = True, cache_dir: str | None = None,
-                 num_workers: int | None = None, pin_memory: bool = False, font_sizes=None,
+                 num_workers: int | None = None, pin_memory: bool | None = None, font_sizes=None,
                  style: str = "imagecaptcha"):
         super().__init__()
         if source not in ("synthetic", "kaggle", "mixed"):
@@ -236,7 +250,8 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.task, self.length, self.alphabet, self.width, self.height = task, length, alphabet, width, height
         self.source, self.root, self.num_train, self.num_val = source, root, num_train, num_val
         self.synthetic_ratio, self.val_fraction, self.batch_size, self.seed = synthetic_ratio, val_fraction, batch_size, seed
-        self.materialize, self.cache_dir, self.pin_memory = materialize, cache_dir, pin_memory
+        self.materialize, self.cache_dir = materialize, cache_dir
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.num_workers = os.cpu_count() if num_workers is None else num_workers
         self.renderer = Renderer(width, height, length, alphabet, font_sizes, style)
         self.train_set = self.val_set = self.test_set = None
