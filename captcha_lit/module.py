@@ -2,6 +2,7 @@
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassExactMatch
 
@@ -21,7 +22,7 @@ class CaptchaModule(pl.LightningModule):
                  width: int = 72, height: int = 72,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # maps [0, 1] pixels to [-1, 1]
                  widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2, columns: int = 0,
-                 label_smoothing: float = 0.0, augment: float = 0.0, channels_last: bool = True,
+                 label_smoothing: float = 0.0, augment: float = 0.0, ema: float = 0.0, channels_last: bool = True,
                  optimizer=None, scheduler=None):
         super().__init__()
         check_alphabet(alphabet)
@@ -33,11 +34,19 @@ class CaptchaModule(pl.LightningModule):
         self.channels_last = channels_last and min(widths) >= 16
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # ema > 0: an exponential moving average of the weights (and BN statistics), updated after
+        # every step, is what validation, test, prediction and export use
+        self.ema_net = None
+        if ema:
+            self.ema_net = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+            self.ema_net.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # validate_args=False: the inputs are argmaxes and encoded labels, always in range, and the
+        # checks would wait for the GPU (a device-to-host sync) on every training step
         metrics = MetricCollection({
-            "exact_match": MulticlassExactMatch(len(alphabet)),  # whole string right
-            "char_acc": MulticlassAccuracy(len(alphabet), average="micro"),  # single characters right
+            "exact_match": MulticlassExactMatch(len(alphabet), validate_args=False),  # whole string right
+            "char_acc": MulticlassAccuracy(len(alphabet), average="micro", validate_args=False),  # single characters
         })
         self.train_metrics, self.val_metrics, self.test_metrics = (
             metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "test"))
@@ -47,7 +56,8 @@ class CaptchaModule(pl.LightningModule):
         x = (images.float() / 255 - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        net = self.net if self.training or self.ema_net is None else self.ema_net.module
+        return net(x)
 
     def augmented(self, images: torch.Tensor) -> torch.Tensor:
         """Random small rotations, shifts and scalings of a uint8 batch, on its device; `augment`
@@ -83,6 +93,10 @@ class CaptchaModule(pl.LightningModule):
             batch = (self.augmented(batch[0]), batch[1])
         return self._step(batch, "train")
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema_net is not None:
+            self.ema_net.update_parameters(self.net)
+
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
@@ -94,7 +108,7 @@ class CaptchaModule(pl.LightningModule):
         return [decode(p, self.hparams.alphabet) for p in self(images).argmax(-1).tolist()]
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.net.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -71,6 +71,8 @@ def train(cfg: DictConfig) -> float:
     optimizer = build(cfg.optimizer)
     scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
     model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    if cfg.get("compile"):
+        model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
     callbacks = [build(c) for c in cfg.callbacks.values()]
     loggers = [build(c) for c in cfg.logger.values()]
     precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)

@@ -73,3 +73,25 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert result.stdout.count("final metrics:") == 1  # rank zero reports
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 256 images / 32 per batch / 2 processes: each sees half
+
+
+def test_weight_average_is_what_evaluates_and_survives_the_checkpoint(tmp_path):
+    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_steps=6", "model.ema=0.5", "test=false"] + TINY, tmp_path)
+    train(cfg)
+    module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    assert int(module.ema_net.n_averaged) == 6  # one update per optimiser step
+    assert not any(p.requires_grad for p in module.ema_net.parameters())  # never trained directly
+    images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8)
+    with torch.no_grad():
+        x = (images.float() / 255 - 0.5) / 0.5
+        assert torch.equal(module(images), module.ema_net.module(x.contiguous(memory_format=torch.channels_last)))
+        assert not torch.allclose(module(images), module.net(x))  # the average, not the last weights
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_weights(tmp_path):
+    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_steps=2", "compile=true", "test=false"] + TINY, tmp_path)
+    train(cfg)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "net.stem.0.weight" in state and not any("_orig_mod" in k for k in state)
+    load_module(tmp_path / "checkpoints" / "last.ckpt")  # loads into an uncompiled module
