@@ -40,6 +40,9 @@ parser.add_argument("--model-steps", type=int, default=3, help="timed training s
 parser.add_argument("--style", default="imagecaptcha", help="the renderer's style: imagecaptcha or kaggle")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 args = parser.parse_args()
+if args.files < args.batch * (args.batches + 1):  # the folder and the cache serve each image once per timing
+    parser.error(f"--files {args.files} is too few for {args.batches + 1} batches of {args.batch}: "
+                 f"use --files {args.batch * (args.batches + 1)} or more")
 dev = torch.device(args.device)
 
 HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)

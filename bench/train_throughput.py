@@ -8,7 +8,8 @@ datamodule uses for in-memory data. Only steady-state steps are timed: each run 
 steps first. Rounds alternate the variants so that drift hits them all alike; the table shows
 medians, and the best round (on a shared machine, the least disturbed one). The Lightning side
 also runs what training_step does besides the loss (torchmetrics updates, self.log). The plain
-loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last).
+loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last); a variant ending in
+"+compile" is the same loop with the network under torch.compile (train.py's compile=true).
 """
 import argparse
 import logging
@@ -36,7 +37,7 @@ parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
 parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument("--precisions", default="bf16-cl,fp32-nchw",
-                    help="plain-loop variants: {fp32,bf16}-{nchw,cl}; the one matching Lightning is always added")
+                    help="plain-loop variants: {fp32,bf16}-{nchw,cl}[+compile]; the one matching Lightning is always added")
 args = parser.parse_args()
 warnings.filterwarnings("ignore")  # Lightning's advice on num_workers, logging, etc.
 for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
@@ -57,7 +58,9 @@ n = args.batch * (args.warmup + args.steps)
 rng = np.random.default_rng(0)
 data = ArrayDataset(rng.integers(0, 256, (n, HP["height"], HP["width"], 3), dtype=np.uint8),
                     rng.integers(0, len(HP["alphabet"]), (n, HP["length"])))
-loader = DataLoader(data, batch_size=None, sampler=BatchSampler(RandomSampler(data), args.batch, drop_last=True))
+# pinned on a GPU, as the datamodule does (data.pin_memory=null): the copy to the GPU does not block the host
+loader = DataLoader(data, batch_size=None, sampler=BatchSampler(RandomSampler(data), args.batch, drop_last=True),
+                    pin_memory=dev.type == "cuda")
 
 
 def sync():
@@ -98,15 +101,17 @@ nets = {}
 for v in variants[1:]:
     torch.manual_seed(0)
     net = ResNet(HP["length"], len(HP["alphabet"])).to(dev)
-    if v.endswith("-cl"):
+    if "-cl" in v:
         net = net.to(memory_format=torch.channels_last)
+    if v.endswith("+compile"):
+        net.compile()  # compiled on its first (warm-up) step, outside the timed steps
     nets[v] = (net, torch.optim.Adam(net.parameters(), lr=1e-3))
 
 
 def run_plain(variant):
     net, opt = nets[variant]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[variant.split("-")[0]]
-    layout = torch.channels_last if variant.endswith("-cl") else torch.contiguous_format
+    layout = torch.channels_last if "-cl" in variant else torch.contiguous_format
     net.train()
     for i, (images, targets) in enumerate(loader):
         if i == args.warmup:
@@ -137,8 +142,9 @@ ips = {v: args.batch * args.steps / statistics.median(t) for v, t in times.items
 best = {v: args.batch * args.steps / min(t) for v, t in times.items()}  # least disturbed round (shared machine)
 print(f"\n{'variant':<38} {'img/s':>7} {'best':>7} {'ms/step':>8} {'vs plain ' + matching:>16}")
 for v in variants:
-    dtype, layout = v.split("-") if v != "lightning" else (precision, "cl")
+    dtype, layout = v.split("+")[0].split("-") if v != "lightning" else (precision, "cl")
     what = f"{'Trainer' if v == 'lightning' else 'plain'}, {dtype}, {'channels-last' if layout == 'cl' else 'NCHW'}"
+    what += ", compiled" if v.endswith("+compile") else ""
     print(f"{what:<38} {ips[v]:>7.1f} {best[v]:>7.1f} {1000 * args.batch / ips[v]:>8.1f} "
           f"{ips[v] / ips[matching]:>15.2f}x")
 if "fp32-nchw" in ips and "bf16-cl" in ips:
