@@ -54,3 +54,18 @@ def test_checkpoint_names_have_no_equals_sign():
     cfg = compose_cfg("train")
     assert "=" not in cfg.callbacks.model_checkpoint.filename
     assert cfg.callbacks.model_checkpoint.monitor == "val/exact_match"
+
+
+@pytest.mark.parametrize("name", ["kaggle_task1", "kaggle_task2", "kaggle_task3"])
+def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
+    from captcha_lit.train import train
+    root = make_folder(tmp_path / "d", {"task1": 20, "task2": 20, "task3": 20})
+    cfg = compose_cfg("train", [f"experiment={name}", f"data.root={root}", "trainer=cpu", "trainer.fast_dev_run=true"]
+                      + TINY, tmp_path / "run")
+    assert cfg.task.name == name[-5:] and cfg.data.source == "mixed"
+    data = instantiate(cfg.data)
+    data.setup()
+    assert len(data.val_set) == 3  # 15 % of the folder's 20 images, never trained on
+    assert len(data.train_set) == 17 + round(17 * cfg.data.synthetic_ratio)
+    assert data.pin_memory == torch.cuda.is_available()  # pin_memory: null pins only for a GPU
+    train(cfg)
