@@ -9,6 +9,7 @@ import logging
 import multiprocessing as mp
 import os
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -176,21 +177,15 @@ def materialize(dataset: Dataset, processes: int, desc: str) -> ArrayDataset:
     targets = np.empty((len(dataset), len(first_target)), np.int64)
     jobs = ((dataset, i) for i in range(len(dataset)))
     bar = dict(total=len(dataset), desc=desc, unit="img", disable=len(dataset) < 2000, leave=False)
+    parallel = processes > 1 and len(dataset) >= 1000
     error = None
-
-    def store(results):
-        nonlocal error
-        for i, item in enumerate(tqdm(results, **bar)):
+    with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(processes) if parallel else nullcontext() as pool:
+        results = pool.imap(_fetch, jobs, chunksize=64) if parallel else map(_fetch, jobs)
+        for i, item in enumerate(tqdm(results, **bar)):  # drained to the end: the pool closes idle
             if isinstance(item, CaptchaError):
                 error = error or item
             else:
                 images[i], targets[i] = item
-
-    if processes > 1 and len(dataset) >= 1000:
-        with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(processes) as pool:
-            store(pool.imap(_fetch, jobs, chunksize=64))  # drained to the end: the pool closes idle
-    else:
-        store(map(_fetch, jobs))
     if error is not None:
         raise error
     return ArrayDataset(images, targets)
