@@ -1,4 +1,4 @@
-"""Images/s delivered by each data source of captcha_lit.data, against what training consumes.
+"""Images/s delivered by each data source of captcha_lit.datasets, against what training consumes.
 
     python bench/data_throughput.py [--rounds 5] [--batch 64] [--batches 10] [--files 2000]
                                     [--style imagecaptcha|kaggle] [--device cpu|cuda]
@@ -26,10 +26,12 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from captcha_lit.data import ArrayDataset, FolderDataset, RenderedDataset, cached, collate, read_annotations
+from captcha_lit.datasets import ArrayDataset, FolderDataset, RenderedDataset, cached, collate
+from captcha_lit.folders import read_labelled
 from captcha_lit.hardware import training_precision
 from captcha_lit.module import CaptchaModule
 from captcha_lit.render import Renderer, sample_rng
+from captcha_lit.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)
@@ -45,7 +47,8 @@ if args.files < args.batch * (args.batches + 1):  # the folder and the cache ser
                  f"use --files {args.batch * (args.batches + 1)} or more")
 dev = torch.device(args.device)
 
-HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+TASK = preset("task3")  # the largest input (96x72) and four heads
+HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
 renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"], style=args.style)
 tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
@@ -65,8 +68,7 @@ with mp.get_context("fork").Pool(2) as pool:
     rows = pool.map(write_png, range(args.files), chunksize=64)
 with open(tmp / "annotations.csv", "w", newline="") as f:
     csv.writer(f).writerows([("filename", "label"), *rows])
-folder = FolderDataset(read_annotations(tmp, **{k: HP[k] for k in ("task", "length", "alphabet")}),
-                       HP["width"], HP["height"], HP["alphabet"])
+folder = FolderDataset(read_labelled(tmp, TASK), TASK.width, TASK.height, TASK.alphabet, TASK.length)
 print(f"wrote {args.files} PNGs in {time.perf_counter() - t:.1f}s")
 t = time.perf_counter()
 # renders on 2 processes, saves .npy files, and hands them back memory-mapped (np.load(mmap_mode="r"))

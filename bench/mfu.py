@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from captcha_lit.hardware import training_precision
 from captcha_lit.module import CaptchaModule
+from captcha_lit.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)
@@ -30,7 +31,8 @@ dev = torch.device(args.device)
 size = args.size or (8192 if dev.type == "cuda" else 2048)  # big enough to reach the device's peak
 torch.backends.cudnn.benchmark = True
 
-HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+TASK = preset("task3")  # the largest input (96x72) and four heads
+HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
 torch.manual_seed(0)
 module = CaptchaModule(**HP).to(dev).train()
 opt = torch.optim.Adam(module.parameters(), lr=1e-3)

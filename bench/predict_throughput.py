@@ -30,6 +30,7 @@ from captcha_lit.export import export_onnx
 from captcha_lit.module import CaptchaModule
 from captcha_lit.reader import CaptchaReader
 from captcha_lit.render import Renderer, sample_rng
+from captcha_lit.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--n", type=int, default=1000, help="images per measurement (the competition's test set: 10000)")
@@ -40,7 +41,8 @@ parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else
 parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end `python predict.py` runs")
 args = parser.parse_args()
 
-HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+TASK = preset("task3")  # the largest input (96x72) and four heads
+HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
 tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"])

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from captcha_lit.data import ArrayDataset
+from captcha_lit.datasets import ArrayDataset
 from captcha_lit.hardware import training_precision
 from captcha_lit.module import CaptchaModule
 from captcha_lit.net import ResNet
+from captcha_lit.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)
@@ -43,10 +44,10 @@ warnings.filterwarnings("ignore")  # Lightning's advice on num_workers, logging,
 for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(name).setLevel(logging.ERROR)  # and its banners (GPU available, AMP, tips)
 dev = torch.device(args.device)
-torch.backends.cudnn.benchmark = True  # what conf/trainer/gpu.yaml does
+torch.backends.cudnn.benchmark = True  # what conf/trainer/default.yaml sets (benchmark: true)
 
-# task3: the largest input (96x72) and four heads
-HP = dict(task="task3", length=4, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", width=96, height=72)
+TASK = preset("task3")  # the largest input (96x72) and four heads
+HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
 accelerator = "gpu" if dev.type == "cuda" else "cpu"
 precision = training_precision("auto", accelerator)  # what train.py picks: bf16-mixed on this CPU
 amp = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")  # (16-mixed: GradScaler left out)

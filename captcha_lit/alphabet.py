@@ -1,27 +1,33 @@
-"""Alphabets and the label <-> class-index encoding."""
+"""Alphabets and the label <-> class-index encoding, for both kinds of head.
+
+Per-position heads: one class per character, `alphabet.index(c)`. CTC heads: class 0 is the
+blank and character i is class i + 1; a step sequence decodes by merging repeats and dropping
+blanks, so "f99f" needs a blank between the two 9s."""
+import numpy as np
+
 DIGITS = "0123456789"
 ALPHANUMERIC = DIGITS + "abcdefghijklmnopqrstuvwxyz"
+PAD = -1  # fills the targets of labels shorter than the task's longest
 
 
 def check_alphabet(alphabet: str) -> str:
-    if not alphabet or len(set(alphabet)) != len(alphabet):
+    if not isinstance(alphabet, str) or not alphabet or len(set(alphabet)) != len(alphabet):
         raise ValueError(f"alphabet {alphabet!r} must be non-empty and list each character once")
     return alphabet
 
 
-def label_problem(label: str, length: int, alphabet: str) -> str | None:
-    """Why `label` cannot be a target of a `length`-character task, or None when it can."""
-    if len(label) != length:
-        return f"length {len(label)}, expected {length}"
-    bad = sorted(set(label) - set(alphabet))
-    if bad:
-        return f"characters {''.join(bad)!r} not in the alphabet"
-    return None
-
-
-def encode(label: str, alphabet: str) -> list[int]:
-    return [alphabet.index(c) for c in label]
+def encode(label: str, alphabet: str, width: int | None = None) -> list[int]:
+    """Class indices of the label's characters, padded with PAD to `width`."""
+    indices = [alphabet.index(c) for c in label]
+    return indices + [PAD] * ((width or len(indices)) - len(indices))
 
 
 def decode(indices, alphabet: str) -> str:
-    return "".join(alphabet[int(i)] for i in indices)
+    return "".join(alphabet[int(i)] for i in indices if int(i) >= 0)
+
+
+def ctc_keep(steps: np.ndarray) -> np.ndarray:
+    """Greedy CTC decoding of one row of per-step classes: True at the steps that give a character
+    (not the blank 0, not a repeat of the step before); that character's index is class - 1."""
+    steps = np.asarray(steps)
+    return (steps != 0) & np.concatenate([[True], steps[1:] != steps[:-1]])

@@ -7,7 +7,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .errors import CaptchaError
-from .io import atomic_path
+from .files import atomic_path
 from .module import CaptchaModule
 
 
@@ -53,6 +53,9 @@ def load_module(path, expect: dict | None = None) -> CaptchaModule:
     except (TypeError, ValueError, RuntimeError) as e:
         raise CaptchaError(f"{path}: its hyperparameters and weights do not fit this version of captcha-lit "
                            f"({str(e).splitlines()[0]})") from None
+    if not all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()):
+        raise CaptchaError(f"{path}: its weights hold NaN or infinite values (the run diverged); use an earlier "
+                           f"checkpoint or train with a lower optimizer.lr")
     return module.eval()
 
 

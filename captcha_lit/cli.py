@@ -1,14 +1,14 @@
 """Console entry points (train.py, predict.py and the captcha-* commands all land here).
 Each hands its Hydra config to the package and turns a CaptchaError into a one-line message."""
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from .errors import CaptchaError
+from .tasks import CONF_DIR
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(CONF_DIR)
 
 
 def _run(fn, cfg):

@@ -1,10 +1,16 @@
-"""Export a checkpoint to ONNX, with its preprocessing contract in a JSON file beside it.
+"""Export a checkpoint to ONNX: for captcha-lit's own reader (with a JSON contract beside it), or
+for the ddddocr package.
 
-    python -m captcha_lit.export CHECKPOINT [OUTPUT.onnx]     (or: captcha-export ...)
+    python -m captcha_lit.export CHECKPOINT [OUTPUT.onnx]              (or: captcha-export ...)
+    python -m captcha_lit.export CHECKPOINT OUT --format ddddocr        -> OUT.onnx, OUT.charsets.json
 
-The graph takes uint8 (B, 3, height, width) images and returns (B, length, classes) logits;
-scaling and normalisation are inside it. The contract (task, length, alphabet, size,
+captcha-lit's graph takes uint8 (B, 3, height, width) images and returns the model's logits;
+scaling and normalisation are inside it. The contract (task, length, alphabet, size, head,
 normalisation) lets onnxruntime users preprocess and decode without PyTorch.
+
+ddddocr (1.6.x) feeds one float (1, 3, H, W) image of pixels / 255 and decodes greedily as CTC
+with the blank at class 0. A CTC model is exported as it is; a per-position model emits a blank
+step between its positions (2N - 1 steps), so that "f99f" is not merged into "f9f".
 """
 import argparse
 import json
@@ -12,36 +18,80 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import load_module
 from .errors import CaptchaError
-from .io import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
+
+LARGE = 1e4  # a logit no softmax step can compete with
+
+
+def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_batch: bool) -> None:
+    with atomic_path(output) as tmp:
+        # the TorchScript exporter: it needs no extra package and handles this plain CNN
+        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
+                          opset_version=17, dynamo=False)
 
 
 def export_onnx(ckpt, output=None) -> Path:
     module = load_module(ckpt).float()
     hp = module.hparams
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
-    example = torch.zeros(2, 3, hp.height, hp.width, dtype=torch.uint8)
-    with atomic_path(output) as tmp:
-        # the TorchScript exporter: it needs no extra package and handles this plain CNN
-        torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
-    contract = {key: hp[key] for key in ("task", "length", "alphabet", "width", "height")}
+    _to_onnx(module, torch.zeros(2, 3, hp.height, hp.width, dtype=torch.uint8), output, dynamic_batch=True)
+    contract = {key: hp[key] for key in ("task", "length", "alphabet", "width", "height", "head", "lowercase")}
     contract.update(mean=list(hp.mean), std=list(hp.std), input="uint8 (batch, 3, height, width) RGB",
-                    output="logits (batch, length, len(alphabet)); argmax per position indexes the alphabet")
+                    output="logits (batch, steps, classes): positions: argmax per step indexes the alphabet; "
+                           "ctc: class 0 is the blank, class i is alphabet[i - 1], merge repeats")
     atomic_write_text(output.with_suffix(output.suffix + ".json"), json.dumps(contract, indent=2) + "\n")
     return output
+
+
+class DdddocrGraph(nn.Module):
+    """Float pixels in [0, 1] -> CTC scores (1, steps, 1 + len(alphabet)), blank first."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.head = module, module.hparams.head
+
+    def forward(self, pixels):
+        logits = self.module(pixels * 255)  # the module scales uint8-range pixels itself
+        if self.head == "ctc":
+            return logits
+        b, n, k = logits.shape
+        chars = torch.cat([torch.full((b, n, 1), -LARGE), logits], -1)  # never the blank
+        blank = torch.cat([torch.zeros(b, n, 1), torch.full((b, n, k), -LARGE)], -1)  # only the blank
+        return torch.stack([chars, blank], 2).flatten(1, 2)[:, : 2 * n - 1]  # char, blank, char, ...
+
+
+def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
+    """OUT.onnx and OUT.charsets.json, for ddddocr.DdddOcr(ocr=False, det=False,
+    import_onnx_path=OUT.onnx, charsets_path=OUT.charsets.json)."""
+    module = load_module(ckpt).float()
+    hp = module.hparams
+    stem = Path(output)
+    stem = stem.with_suffix("") if stem.suffix == ".onnx" else stem
+    onnx_path, charsets_path = Path(f"{stem}.onnx"), Path(f"{stem}.charsets.json")
+    _to_onnx(DdddocrGraph(module).eval(), torch.zeros(1, 3, hp.height, hp.width), onnx_path, dynamic_batch=False)
+    # image: ddddocr resizes to exactly [width, height]; channel 3: RGB, as the model was trained
+    charsets = {"charset": [""] + list(hp.alphabet), "word": False, "image": [hp.width, hp.height], "channel": 3}
+    atomic_write_text(charsets_path, json.dumps(charsets, ensure_ascii=False) + "\n")
+    return onnx_path, charsets_path
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="captcha-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")
     parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint)")
+    parser.add_argument("--format", choices=("onnx", "ddddocr"), default="onnx",
+                        help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json")
     args = parser.parse_args(argv)
     try:
-        print(export_onnx(args.ckpt, args.output))
+        if args.format == "ddddocr":
+            print(*export_ddddocr(args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
+        else:
+            print(export_onnx(args.ckpt, args.output))
     except CaptchaError as e:
         sys.exit(f"error: {e}")
 

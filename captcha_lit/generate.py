@@ -1,8 +1,8 @@
 """Render a synthetic data set to disk in the competition's layout (annotations.csv +
-taskN/*.png), so it can be inspected, shared, and trained on with data=kaggle."""
+taskN/*.png), so it can be inspected, shared, and trained on with data=folder."""
 import csv
 import io
-import multiprocessing as mp
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -10,7 +10,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import CaptchaError
-from .io import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
+from .parallel import ordered_map
 from .render import Renderer, sample_rng
 
 
@@ -35,9 +36,8 @@ def generate(cfg: DictConfig) -> Path:
         renderer = Renderer(task.width, task.height, task.length, task.alphabet, cfg.font_sizes)
         (out / task.name).mkdir(parents=True, exist_ok=True)
         jobs += [(renderer, cfg.seed, task.name, i, str(out)) for i in range(n)]
-    processes = cfg.num_workers or mp.cpu_count()
-    with mp.get_context("fork").Pool(processes) as pool:
-        rows = list(tqdm(pool.imap(_write_one, jobs, chunksize=64), total=len(jobs), desc="writing", unit="img"))
+    processes = cfg.num_workers or os.cpu_count()
+    rows = list(tqdm(ordered_map(_write_one, jobs, processes, chunksize=64), total=len(jobs), desc="writing", unit="img"))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["filename", "label"])

@@ -3,11 +3,36 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassExactMatch
+from torchmetrics import MeanMetric, MetricCollection
 
-from .alphabet import check_alphabet, decode
+from .alphabet import PAD, check_alphabet, decode
+from .errors import CaptchaError
 from .net import ResNet
+from .tasks import length_range
+
+HEADS = ("positions", "ctc")
+
+
+def output_width(width: int, strides) -> int:
+    """Columns left after the network's strided 3x3 convolutions (padding 1). A stride is a number,
+    or [height, width] to downsample one axis only."""
+    for s in strides:
+        width = (width - 1) // (s[1] if isinstance(s, (list, tuple)) else s) + 1
+    return width
+
+
+def greedy_decode(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """(B, steps, classes) logits -> (B, steps) character indices, padded with PAD. CTC: merge
+    repeated steps, drop blanks (class 0), shift the rest down by one."""
+    steps = logits.argmax(-1)
+    if head == "positions":
+        return steps
+    keep = steps != 0
+    keep[:, 1:] &= steps[:, 1:] != steps[:, :-1]
+    out = torch.full_like(steps, PAD)
+    rows = torch.arange(len(steps), device=steps.device)[:, None].expand_as(steps)
+    out[rows[keep], (keep.cumsum(1) - 1)[keep]] = steps[keep] - 1
+    return out
 
 
 class CaptchaModule(pl.LightningModule):
@@ -18,17 +43,27 @@ class CaptchaModule(pl.LightningModule):
     preprocessing.
     """
 
-    def __init__(self, task: str = "task1", length: int = 1, alphabet: str = "0123456789",
-                 width: int = 72, height: int = 72,
+    def __init__(self, task: str, length, alphabet: str, width: int, height: int, lowercase: bool = False,
+                 head: str = "positions",
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # maps [0, 1] pixels to [-1, 1]
                  widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2, columns: int = 0,
                  label_smoothing: float = 0.0, augment: float = 0.0, ema: float = 0.0, channels_last: bool = True,
                  optimizer=None, scheduler=None):
         super().__init__()
         check_alphabet(alphabet)
+        lo, hi = length_range(length)
+        if head not in HEADS:
+            raise CaptchaError(f"model.head={head!r}: choose positions or ctc")
+        if head == "positions" and lo != hi:
+            raise CaptchaError(f"model.head=positions reads a fixed number of characters, but task {task} has "
+                               f"{lo} to {hi}: use model.head=ctc")
+        steps = output_width(width, strides)
+        if head == "ctc" and steps < 2 * hi - 1:  # a blank step must fit between two equal characters
+            raise CaptchaError(f"model.head=ctc: {width}-pixel wide images give {steps} columns, too few for "
+                               f"{hi} characters (needs {2 * hi - 1}); use wider images or smaller model.strides")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.net = ResNet(length, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage, columns)
+        self.net = ResNet(hi, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage, columns, head)
         # NHWC convolutions: much faster with mixed precision on CPU and GPU. Not for stems
         # narrower than 16 channels: oneDNN's bf16 channels-last backward crashes on those (torch 2.14)
         self.channels_last = channels_last and min(widths) >= 16
@@ -42,12 +77,11 @@ class CaptchaModule(pl.LightningModule):
             self.ema_net.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        # validate_args=False: the inputs are argmaxes and encoded labels, always in range, and the
-        # checks would wait for the GPU (a device-to-host sync) on every training step
-        metrics = MetricCollection({
-            "exact_match": MulticlassExactMatch(len(alphabet), validate_args=False),  # whole string right
-            "char_acc": MulticlassAccuracy(len(alphabet), average="micro", validate_args=False),  # single characters
-        })
+        # exact_match: the whole string right; char_acc: the share of a label's characters read right
+        # at their position. Means over images; nan_strategy="disable" skips a NaN check that would
+        # wait for the GPU (a device-to-host sync) on every step
+        metrics = MetricCollection({"exact_match": MeanMetric(nan_strategy="disable"),
+                                    "char_acc": MeanMetric(nan_strategy="disable")})
         self.train_metrics, self.val_metrics, self.test_metrics = (
             metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "test"))
 
@@ -72,17 +106,30 @@ class CaptchaModule(pl.LightningModule):
         return out.round().clamp(0, 255).to(torch.uint8)
 
     def loss(self, logits, targets):
+        if self.hparams.head == "ctc":  # per image, summed over its characters like the heads' loss
+            log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (steps, B, classes)
+            lengths = (targets != PAD).sum(1)
+            return F.ctc_loss(log_probs, targets[targets != PAD] + 1, torch.full_like(lengths, log_probs.shape[0]),
+                              lengths, blank=0, reduction="sum", zero_infinity=True) / len(targets)
         # sum over the heads of each head's mean cross entropy
         per_char = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    label_smoothing=self.hparams.label_smoothing)
-        return per_char * self.hparams.length
+        return per_char * targets.shape[1]
+
+    def update_metrics(self, metrics, logits, targets):
+        preds = greedy_decode(logits, self.hparams.head)
+        width = max(preds.shape[1], targets.shape[1])  # compared at one width, PAD beyond each string
+        preds, targets = (F.pad(t, (0, width - t.shape[1]), value=PAD) for t in (preds, targets))
+        valid = targets != PAD
+        metrics["exact_match"].update((preds == targets).all(1).float())
+        metrics["char_acc"].update(((preds == targets) & valid).sum(1) / valid.sum(1))
 
     def _step(self, batch, stage: str):
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.argmax(-1), targets)
+        self.update_metrics(metrics, logits, targets)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=len(images),
                  sync_dist=True)  # averaged over DDP processes; a no-op on one device
         self.log_dict(metrics, prog_bar=stage == "val", on_step=False, on_epoch=True, batch_size=len(images))
@@ -105,7 +152,7 @@ class CaptchaModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx) -> list[str]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return [decode(p, self.hparams.alphabet) for p in self(images).argmax(-1).tolist()]
+        return [decode(p, self.hparams.alphabet) for p in greedy_decode(self(images), self.hparams.head).tolist()]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())

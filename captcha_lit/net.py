@@ -1,5 +1,5 @@
 """The report's ResNet: a 3x3 stem, four stages of two basic blocks, global pooling, one
-linear head per character."""
+linear head per character; or, with head="ctc", one prediction per column of the feature map."""
 import torch
 from torch import nn
 
@@ -22,12 +22,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Maps (B, 3, H, W) float images to (B, length, num_classes) logits."""
+    """Maps (B, 3, H, W) float images to logits: (B, length, num_classes) for the per-position
+    heads, (B, W / 8, num_classes + 1) for head="ctc" (class 0 is the blank)."""
 
     def __init__(self, length: int, num_classes: int, widths=(36, 72, 144, 288), strides=(1, 2, 2, 2),
-                 blocks_per_stage: int = 2, columns: int = 0):
+                 blocks_per_stage: int = 2, columns: int = 0, head: str = "positions"):
         super().__init__()
-        self.length, self.num_classes = length, num_classes
+        self.length, self.num_classes, self.head = length, num_classes, head
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
         blocks, c_in = [], widths[0]
         for c_out, stride in zip(widths, strides):
@@ -35,6 +36,9 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
+        if head == "ctc":  # features averaged over the height: one vector per column, left to right
+            self.heads = nn.Linear(c_in, num_classes + 1)
+            return
         # columns=0: the report's global average pool. columns>0: pool the height only, down to that
         # many columns, so the heads see where features are (left to right) and learn positions faster
         self.pool = nn.AdaptiveAvgPool2d((1, columns) if columns else 1)  # adaptive: any input size works
@@ -42,5 +46,7 @@ class ResNet(nn.Module):
         self.heads = nn.Linear(c_in * max(1, columns), length * num_classes)
 
     def forward(self, x):
+        if self.head == "ctc":
+            return self.heads(self.blocks(self.stem(x)).mean(2).transpose(1, 2))
         x = self.pool(self.blocks(self.stem(x))).flatten(1)
         return self.heads(x).view(-1, self.length, self.num_classes)

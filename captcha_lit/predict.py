@@ -8,15 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from .alphabet import ALPHANUMERIC
-from .data import TASK_LENGTHS, read_csv_rows
 from .errors import CaptchaError
-from .io import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text
+from .folders import read_csv_rows
+from .images import IMAGE_SUFFIXES
 from .reader import CaptchaReader
 from .report import accuracy, confusion_picture, mistakes_picture
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, CaptchaReader]:
@@ -52,9 +51,16 @@ def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
     return names, None, "folder"
 
 
-def task_of(filename: str, default: str | None) -> str | None:
-    prefix = filename.split("/")[0]
-    return prefix if prefix in TASK_LENGTHS else default
+def tasks_of(names: list[str], models) -> list[str | None]:
+    """The task of each row. In a folder organised by task (some row's first folder names a
+    model's task: task3/abc.png) a row's first folder is its task, so rows of tasks without a
+    model stay unread rather than read by the wrong one; otherwise every row goes to the only
+    model (None: no model for it)."""
+    folders = [n.split("/")[0] if "/" in n else None for n in names]
+    if any(f in models for f in folders):
+        return folders
+    only = next(iter(models)) if len(models) == 1 else None
+    return [only] * len(names)
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -67,16 +73,15 @@ def predict(cfg: DictConfig) -> dict:
                            num_workers=cfg.num_workers)
     data_dir = Path(cfg.data_dir)
     names, labels, kind = list_inputs(data_dir)
-    # rows of a plain folder without a task prefix go to the only model, if there is only one
-    only = next(iter(readers)) if len(readers) == 1 else None
-    tasks = [task_of(n, only) for n in names]
+    tasks = tasks_of(names, readers)
 
     missing = {}
     for t in tasks:
         if t not in readers:
             missing[t] = missing.get(t, 0) + 1
     if missing:
-        what = ", ".join(f"{n} rows of {t or 'no task (no task1/, task2/ or task3/ prefix)'}" for t, n in missing.items())
+        what = ", ".join(f"{n} rows of {t or 'no task (not in a folder named after a model task)'}"
+                         for t, n in missing.items())
         if not cfg.allow_partial:
             raise CaptchaError(f"no model for {what}: add its checkpoint to ckpt=[...], or allow_partial=true to leave them out")
         log.warning(f"allow_partial: leaving out {what}")
@@ -105,6 +110,8 @@ def predict(cfg: DictConfig) -> dict:
 def write_report(output: Path, data_dir, names, labels, tasks, predictions, confidence, readers) -> dict:
     """metrics JSON, confusion matrix and worst-mistakes grid beside `output`."""
     done = [i for i, p in enumerate(predictions) if p is not None]
+    # a model trained on lower-cased labels is scored against lower-cased labels
+    labels = [label.lower() if t in readers and readers[t].lowercase else label for label, t in zip(labels, tasks)]
     metrics = {}
     for task in sorted(readers):
         rows = [i for i in done if tasks[i] == task]
@@ -114,7 +121,7 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     stem = output.with_suffix("")
     atomic_write_text(f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
     with atomic_path(f"{stem}.confusion.png") as tmp:
-        alphabet = "".join(c for c in ALPHANUMERIC if any(c in r.alphabet for r in readers.values()))
+        alphabet = "".join(sorted(set("".join(r.alphabet for r in readers.values()))))
         confusion_picture([predictions[i] for i in done], [labels[i] for i in done], alphabet).save(tmp, format="PNG")
     for task in metrics:
         if task == "overall":

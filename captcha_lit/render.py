@@ -7,6 +7,7 @@ duration of one image, so that (seed, index) always gives the same picture and l
 import hashlib
 import random
 import threading
+from pathlib import Path
 
 import numpy as np
 from captcha import image as captcha_image
@@ -14,6 +15,7 @@ from captcha.image import ImageCaptcha
 from PIL.ImageDraw import Draw
 
 from .errors import CaptchaError
+from .tasks import length_range
 
 _swap_lock = threading.Lock()  # the swap is module-wide: one render at a time per process
 
@@ -62,16 +64,31 @@ def _colour(low: int, high: int) -> tuple[int, int, int]:
 STYLES = {"imagecaptcha": ImageCaptcha, "kaggle": KaggleStyleCaptcha}
 
 
+def font_files(folder) -> tuple[str, ...]:
+    """The TrueType/OpenType fonts in a folder (and below it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaptchaError(f"data.fonts={folder}: no such folder")
+    fonts = tuple(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".ttf", ".otf")))
+    if not fonts:
+        raise CaptchaError(f"data.fonts={folder}: no .ttf or .otf files in it")
+    return fonts
+
+
 class Renderer:
     """Renders labelled captchas of a fixed size; picklable, so DataLoader workers can use it.
-    style: "imagecaptcha" (the package's own look) or "kaggle" (closer to the competition's images)."""
+    length: a number or a [shortest, longest] range (each image draws its length uniformly).
+    style: "imagecaptcha" (the package's own look) or "kaggle" (closer to the competition's images).
+    fonts: a folder of .ttf/.otf files (None: the package's own fonts)."""
 
-    def __init__(self, width: int, height: int, length: int, alphabet: str, font_sizes=None,
-                 style: str = "imagecaptcha"):
+    def __init__(self, width: int, height: int, length, alphabet: str, font_sizes=None,
+                 style: str = "imagecaptcha", fonts=None):
         if style not in STYLES:
             raise CaptchaError(f"data.style={style!r}: choose {' or '.join(STYLES)}")
-        self.width, self.height, self.length, self.alphabet = width, height, length, alphabet
-        self.font_sizes = tuple(font_sizes) if font_sizes else None
+        self.width, self.height, self.lengths, self.alphabet = width, height, length_range(length), alphabet
+        # None: the package's sizes (42, 50, 56), made for its 60-pixel high default, scaled down for lower images
+        self.font_sizes = tuple(font_sizes) if font_sizes else tuple(round(s * min(1.0, height / 60)) for s in (42, 50, 56))
+        self.fonts = font_files(fonts) if fonts else None
         self.style = style
         self._captcha = None
 
@@ -81,8 +98,10 @@ class Renderer:
     def render(self, rng: random.Random) -> tuple[np.ndarray, str]:
         """One (H, W, 3) uint8 image and its label, fully determined by `rng`."""
         if self._captcha is None:
-            self._captcha = STYLES[self.style](self.width, self.height, font_sizes=self.font_sizes)
-        label = "".join(rng.choice(self.alphabet) for _ in range(self.length))
+            self._captcha = STYLES[self.style](self.width, self.height, fonts=self.fonts, font_sizes=self.font_sizes)
+        lo, hi = self.lengths
+        length = lo if lo == hi else rng.randint(lo, hi)  # no draw for fixed lengths: same images as before
+        label = "".join(rng.choice(self.alphabet) for _ in range(length))
         with _swap_lock:
             saved, captcha_image.secrets = captcha_image.secrets, rng
             try:

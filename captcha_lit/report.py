@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .alphabet import ALPHANUMERIC
-from .data import load_image
+from .images import load_image
 
 
 def accuracy(predictions: list[str], labels: list[str]) -> dict:

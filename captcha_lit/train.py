@@ -1,5 +1,7 @@
 """The training entry: config in, fitted model, checkpoints and metrics out."""
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -10,27 +12,48 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import AtomicCheckpointIO
 from .errors import CaptchaError
+from .files import atomic_write_text
+from .folders import labelled_items
 from .hardware import training_precision
-from .io import atomic_write_text
+from .images import image_size
+from .tasks import from_config, infer_task
 
 log = logging.getLogger(__name__)
 
 
+def resolve_task(cfg: DictConfig) -> None:
+    """task=auto: fills the task's unset values from the labelled images in data.root, says so in
+    one line, and writes them into the config (so the run's config.yaml and the checkpoint hold
+    them)."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise CaptchaError("data=folder and data=mixed read a labelled folder: add data.root=PATH")
+    if cfg.task.name != "auto":
+        return
+    root = cfg.data.get("root")
+    if not root:
+        raise CaptchaError("task=auto infers the task from labelled images: add data=folder (or data=mixed) "
+                           "data.root=DIR")
+    items, layout = labelled_items(root)
+    sizes = Counter(image_size(path) for path, _, _ in items)
+    given = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+    name = re.sub(r"[^\w.-]", "_", Path(root).resolve().name) or "captcha"
+    task, line = infer_task([label for _, label, _ in items], sizes, name, given)
+    print(f"{line} ({layout} layout)")
+    with open_dict(cfg):
+        cfg.task = task.config()
+
+
 def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
-    if cfg.task.name not in ("task1", "task2", "task3"):
-        raise CaptchaError(f"task.name={cfg.task.name!r}: choose task1, task2 or task3")
+    from_config(cfg.task)  # a task with every value set and valid
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
     if cfg.data.batch_size is None or cfg.data.batch_size < 1:
-        raise CaptchaError(f"batch size {cfg.data.batch_size}: must be at least 1 (task.batch_size=...)")
-    if cfg.data.source != "synthetic":
-        root = None if OmegaConf.is_missing(cfg.data, "root") else cfg.data.root
-        if not root:
-            raise CaptchaError(f"data={cfg.data.source} needs the folder: add data.root=PATH")
-        if not Path(root).is_dir():
-            raise CaptchaError(f"data.root={root}: no such folder; point it at the folder holding annotations.csv")
+        raise CaptchaError(f"data.batch_size={cfg.data.batch_size}: must be at least 1")
+    root = cfg.data.get("root")
+    if root is not None and not Path(root).is_dir():
+        raise CaptchaError(f"data.root={root}: no such folder; point it at a folder of labelled images")
 
 
 def build(node, **kwargs):
@@ -63,6 +86,7 @@ def train(cfg: DictConfig) -> float:
     (the value a Hydra sweeper optimises)."""
     if cfg.get("resume"):
         cfg = resume_config(cfg)
+    resolve_task(cfg)
     check_config(cfg)
     # the config with every interpolation resolved (Hydra's .hydra/config.yaml keeps them)
     atomic_write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -73,8 +97,8 @@ def train(cfg: DictConfig) -> float:
     model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
     if cfg.get("compile"):
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
-    callbacks = [build(c) for c in cfg.callbacks.values()]
-    loggers = [build(c) for c in cfg.logger.values()]
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]  # callbacks.NAME=null removes one
+    loggers = [build(c) for c in cfg.logger.values() if c is not None]
     precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
                     plugins=[AtomicCheckpointIO()])

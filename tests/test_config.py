@@ -5,7 +5,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF, TINY, compose_cfg, make_folder
+from captcha_lit.tasks import preset
+
+from tests.helpers import CONF, TINY, compose_cfg, make_folder
 
 
 def options(group):
@@ -17,15 +19,23 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 10, "task2": 10, "task3": 10})
     assert options(group), f"conf/{group} is empty"
     for option in options(group):
-        overrides = [f"{group}={option}", f"data.root={root}"] + TINY
+        folder = group == "data" and option != "synthetic"
+        tiny = [o for o in TINY if not o.startswith(f"{group}=")]
+        overrides = [f"{group}={option}"] + ([f"data.root={root}"] if folder else []) + tiny
         cfg = compose_cfg("train", overrides, tmp_path / "run")
         assert cfg[group] is not None or option == "none"
         if group == "trainer":
             cfg.trainer.precision = "32-true"
             if option == "gpu":  # composes everywhere; instantiating needs a GPU
                 continue
-        if group in ("callbacks", "logger"):
-            assert all(instantiate(c) is not None for c in cfg[group].values())
+        if group == "callbacks":
+            built = [instantiate(c) for c in cfg.callbacks.values()]
+            assert [type(c).__name__ for c in built] == ["ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor",
+                                                         "ValidationImages"]
+            assert (built[0].monitor, built[1].monitor) == ("val/exact_match", None)
+        elif group == "logger":
+            assert [type(instantiate(c)).__name__ for c in cfg.logger.values()] == \
+                {"csv": ["CSVLogger"], "tensorboard": ["CSVLogger", "TensorBoardLogger"]}[option]
         elif group == "optimizer":
             opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
             assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
@@ -34,20 +44,33 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
                 opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
                 assert instantiate(cfg.scheduler)(opt, total_steps=10) is not None
         elif group == "task":
-            assert cfg.task.length == {"task1": 1, "task2": 2, "task3": 4}[cfg.task.name]
+            if option == "auto":  # filled from the folder at the start of a run
+                assert cfg.task.length is None and cfg.task.alphabet is None
+            else:
+                assert preset(option).config() == dict(cfg.task) and cfg.model.length == cfg.task.length
         else:
             assert instantiate(cfg[group], **({"_convert_": "all"} if group == "model" else {})) is not None
 
 
 def test_report_recipes():
     for task, epochs, batch in (("task1", 100, 128), ("task2", 300, 256), ("task3", 300, 256)):
-        cfg = compose_cfg("train", [f"task={task}"])
+        cfg = compose_cfg("train", [f"experiment=report_{task}"])
         assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.optimizer.lr) == (epochs, batch, 1e-3)
-        assert cfg.optimizer._target_ == "torch.optim.Adam"
+        assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.task.name == task
+        assert cfg.model.head == "positions" and list(cfg.model.widths) == [36, 72, 144, 288]
     cfg = compose_cfg("train", ["task=task3"])
-    assert (cfg.data.width, cfg.data.height, cfg.model.length) == (96, 72, 4)
+    assert (cfg.data.task.width, cfg.data.task.height, cfg.model.length) == (96, 72, 4)
     assert cfg.model.alphabet == "0123456789abcdefghijklmnopqrstuvwxyz"
-    assert compose_cfg("train").model.alphabet == "0123456789"  # the default is task1: digits
+
+
+def test_the_default_is_the_quickstart_experiment_for_any_task():
+    cfg = compose_cfg("train")
+    assert cfg.task.name == "task1" and cfg.model.alphabet == "0123456789"  # the default is task1: digits
+    assert (cfg.trainer.max_epochs, cfg.data.num_train, cfg.data.batch_size) == (2, 12000, 64)
+    assert cfg.scheduler._target_.endswith("one_cycle")
+    cfg = compose_cfg("train", ["task=task3"])
+    assert cfg.task.name == "task3" and cfg.trainer.max_epochs == 2  # the quickstart budget, task3's task
+    assert not any(k in cfg.task for k in ("epochs", "batch_size", "num_train"))  # no training knobs in a task
 
 
 def test_checkpoint_names_have_no_equals_sign():
@@ -62,7 +85,7 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 20, "task2": 20, "task3": 20})
     cfg = compose_cfg("train", [f"experiment={name}", f"data.root={root}", "trainer=cpu", "trainer.fast_dev_run=true"]
                       + TINY, tmp_path / "run")
-    assert cfg.task.name == name[-5:] and cfg.data.source == "mixed"
+    assert cfg.task.name == name[-5:] and cfg.data.root == str(root)
     data = instantiate(cfg.data)
     data.setup()
     assert len(data.val_set) == 3  # 15 % of the folder's 20 images, never trained on

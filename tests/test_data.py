@@ -1,17 +1,23 @@
 import csv
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
+from PIL import Image
 
-from captcha_lit.data import CaptchaDataModule, read_annotations
+from captcha_lit.datamodule import CaptchaDataModule
 from captcha_lit.errors import CaptchaError
+from captcha_lit.folders import read_labelled
 from captcha_lit.render import Renderer, sample_rng
+from captcha_lit.tasks import Task, preset
 
-from conftest import compose_cfg, make_folder
+from tests.helpers import compose_cfg, make_folder, make_named_folder, write_csv
 
 DIGITS = "0123456789"
+ALNUM = DIGITS + "abcdefghijklmnopqrstuvwxyz"
 
 
 @pytest.mark.parametrize("style", ["imagecaptcha", "kaggle"])
@@ -26,8 +32,25 @@ def test_rendering_is_seeded(style):
         Renderer(96, 72, 4, DIGITS, style="fancy")
 
 
+def test_rendering_any_task_size_length_and_fonts(tmp_path):
+    import captcha
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    (tmp_path / "d").mkdir()
+    source = next((Path(captcha.__file__).parent / "data").glob("*.ttf"))
+    (fonts / "only.ttf").write_bytes(source.read_bytes())
+    r = Renderer(150, 40, [3, 6], "ABCxyz", fonts=str(fonts))
+    assert r.fonts == (str(fonts / "only.ttf"),) and r.font_sizes == (28, 33, 37)  # scaled to 40 pixels
+    labels = [r.render(sample_rng(0, "t", i)) for i in range(40)]
+    assert all(img.shape == (40, 150, 3) for img, _ in labels)
+    assert {len(label) for _, label in labels} == {3, 4, 5, 6} and set("".join(l for _, l in labels)) <= set("ABCxyz")
+    with pytest.raises(CaptchaError, match="data.fonts=.*no .ttf or .otf files"):
+        Renderer(150, 40, 4, "ABC", fonts=str(tmp_path / "d"))
+
+
 def _val_set(seed, **kw):
-    dm = CaptchaDataModule("task2", 2, DIGITS + "abc", 72, 72, num_train=8, num_val=16, seed=seed, num_workers=0, **kw)
+    task = Task("task2", 2, DIGITS + "abc", 72, 72)
+    dm = CaptchaDataModule(task.config(), num_train=8, num_val=16, seed=seed, num_workers=0, **kw)
     dm.setup("fit")
     return dm.val_set.images, dm.val_set.targets
 
@@ -42,8 +65,7 @@ def test_same_seed_same_validation_set(tmp_path):
 
 def test_kaggle_split_fixed_by_seed(folder):
     def val_targets(seed):
-        dm = CaptchaDataModule("task3", 4, DIGITS + "abcdefghijklmnopqrstuvwxyz", 96, 72, source="kaggle",
-                               root=str(folder), seed=seed, num_workers=0, val_fraction=0.2)
+        dm = CaptchaDataModule(preset("task3").config(), root=str(folder), seed=seed, num_workers=0, val_fraction=0.2)
         dm.setup("fit")
         return dm.val_set.targets, len(dm.train_set)
     (a, n), (b, _), (c, _) = val_targets(0), val_targets(0), val_targets(5)
@@ -57,32 +79,23 @@ def test_kaggle_loader_filters_and_counts(tmp_path, caplog):
     with open(root / "annotations.csv", "a", newline="") as f:  # bad rows are dropped before any file is read
         csv.writer(f).writerows([("task1/x.png", "12"), ("task2/y.png", "a"), ("task3/z.png", "AB12"), duplicate])
     with caplog.at_level(logging.WARNING):
-        task2 = read_annotations(root, "task2", 2, DIGITS + "abcdefghijklmnopqrstuvwxyz")
+        task2 = read_labelled(root, preset("task2"))
     assert len(task2) == 6
-    assert "dropped 2 task2 rows (1 wrong length, 1 duplicate)" in caplog.text
-    assert len(read_annotations(root, "task3", 4, DIGITS + "abcdefghijklmnopqrstuvwxyz")) == 7
-    task1 = read_annotations(root, "task1", 1, DIGITS)
+    assert "dropped 1 duplicate rows" in caplog.text and "dropped 1 task2 rows (1 wrong length)" in caplog.text
+    assert len(read_labelled(root, preset("task3"))) == 7
+    task1 = read_labelled(root, preset("task1"))
     assert len(task1) == 5 and all(path.endswith(".png") and len(label) == 1 for path, label in task1)
 
 
-def test_kaggle_loader_errors(tmp_path):
+def test_competition_layout_needs_a_competition_task(tmp_path):
+    # the CSV's own errors (header, encoding, fields, duplicates, missing images): test_robustness.py
     root = make_folder(tmp_path / "d", {"task1": 3})
-    with pytest.raises(CaptchaError, match="no usable rows of task3"):
-        read_annotations(root, "task3", 4, DIGITS)
-    first_label = list(csv.reader(open(root / "annotations.csv")))[1][1]
-    with open(root / "annotations.csv", "a") as f:
-        f.write(f"task1/00000.png,{'1' if first_label == '0' else '0'}\n")
-    with pytest.raises(CaptchaError, match="lines 2 and 5: task1/00000.png is labelled both"):
-        read_annotations(root, "task1", 1, DIGITS)
-    make_folder(root, {"task1": 3})
-    (root / "task1" / "00001.png").unlink()
-    with pytest.raises(CaptchaError, match=r"line 3: image .*00001.png not found"):
-        read_annotations(root, "task1", 1, DIGITS)
-    (root / "annotations.csv").write_text("name,text\nx,1\n")
-    with pytest.raises(CaptchaError, match="header 'filename,label'"):
-        read_annotations(root, "task1", 1, DIGITS)
+    with pytest.raises(CaptchaError, match=r"no usable rows of task3 \(rows per folder prefix: task1: 3\)"):
+        read_labelled(root, preset("task3"))
+    with pytest.raises(CaptchaError, match="the competition's layout .* choose one with task=task1"):
+        read_labelled(root, Task("mine", 1, DIGITS, 72, 72))
     with pytest.raises(CaptchaError, match="no such folder"):
-        read_annotations(tmp_path / "nowhere", "task1", 1, DIGITS)
+        read_labelled(tmp_path / "nowhere", preset("task1"))
 
 
 def test_generate_writes_competition_layout_that_loads_back(tmp_path):
@@ -94,8 +107,73 @@ def test_generate_writes_competition_layout_that_loads_back(tmp_path):
     assert rows[0] == ["filename", "label"] and len(rows) == 23
     assert {r[0].split("/")[0] for r in rows[1:]} == {"task1", "task3"}
     assert all((out / r[0]).is_file() and len(r[1]) == {"task1": 1, "task3": 4}[r[0][:5]] for r in rows[1:])
-    cfg = compose_cfg("train", ["data=kaggle", f"data.root={out}", "task=task3", "data.num_workers=0"], tmp_path)
+    cfg = compose_cfg("train", ["data=folder", f"data.root={out}", "task=task3", "data.num_workers=0"], tmp_path)
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) == 10
     assert dm.train_set.images.shape[1:] == (72, 96, 3)
+
+
+def test_label_named_layout(tmp_path):
+    root = tmp_path / "named"
+    root.mkdir()
+    img = Image.new("RGB", (120, 40), "white")
+    for name in ("2b827.png", "2b827_2.png", "Ab9x.v2.jpg", "sub/zz99.png", "notes.txt"):
+        (root / name).parent.mkdir(exist_ok=True)
+        img.save(root / name) if name.endswith(("png", "jpg")) else (root / name).write_text("x")
+    items = read_labelled(root, Task("named", [4, 5], "0123456789Abxz", 120, 40))
+    assert sorted(label for _, label in items) == ["2b827", "2b827", "Ab9x", "zz99"]
+    with pytest.raises(CaptchaError, match=r"Ab9x.v2.jpg: label 'Ab9x' does not fit task t: characters 'A'"):
+        read_labelled(root, Task("t", [4, 5], "0123456789abxz", 120, 40))
+    assert "ab9x" in {label for _, label in read_labelled(root, Task("t", [4, 5], "0123456789abxz", 120, 40,
+                                                                        lowercase=True))}
+    with pytest.raises(CaptchaError, match=r"label '2b827' does not fit task t: length 5, expected 4; set task.length"):
+        read_labelled(root, Task("t", 4, "0123456789Abxz", 120, 40))  # mixed lengths under a fixed-length task
+    (root / "_x.png").write_bytes((root / "2b827.png").read_bytes())
+    with pytest.raises(CaptchaError, match=r"_x.png: the name gives no label"):
+        read_labelled(root, Task("t", [4, 5], "0123456789Abxz", 120, 40))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CaptchaError, match="no annotations.csv and no images"):
+        read_labelled(empty, Task("t", 4, DIGITS, 120, 40))
+
+
+def test_annotations_layout_reads_every_row_and_stays_inside_the_folder(tmp_path):
+    root = make_named_folder(tmp_path / "src", 6, 4, DIGITS, 100, 40)
+    (tmp_path / "src" / "deep").mkdir()
+    files = sorted((tmp_path / "src").glob("*.png"))
+    files[0].rename(tmp_path / "src" / "deep" / "a.png")
+    rows = [("deep/a.png", files[0].stem)] + [(f.name, f.stem) for f in files[1:]]
+    write_csv(root, rows)
+    items = read_labelled(root, Task("t", 4, DIGITS, 100, 40))
+    assert [(Path(p).relative_to(root).as_posix(), label) for p, label in items] == rows
+    for bad in ("../outside.png", "/etc/passwd"):
+        write_csv(root, rows + [(bad, "1234")])
+        with pytest.raises(CaptchaError, match=r"line 8: .* points outside"):
+            read_labelled(root, Task("t", 4, DIGITS, 100, 40))
+
+
+def test_mixed_sizes_are_resized_and_said_once(tmp_path, caplog):
+    root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
+    for path in sorted(root.glob("*.png"))[:3]:
+        Image.open(path).resize((130, 50)).save(path)
+    dm = CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), num_workers=0, val_fraction=0.2,
+                           synthetic_ratio=1.0, epoch_size=50)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert caplog.text.count("3 of 10 images are not 100x40; they are resized") == 1
+    assert dm.train_set.images.shape == (8 + 8, 40, 100, 3) and len(dm.val_set) == 2
+    assert sum(len(batch[0]) for batch in dm.train_dataloader()) == 50  # the epoch repeats the 16 images
+
+
+def test_real_fraction_sets_the_share_of_real_images_an_epoch_draws(tmp_path):
+    root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
+    dm = CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), num_workers=0, val_fraction=0.2,
+                           synthetic_ratio=3.0, real_fraction=0.75, epoch_size=4000)
+    dm.setup("fit")
+    assert len(dm.train_set) == 8 + 24 and float(dm.train_weights[:8].sum()) == pytest.approx(0.75)
+    real = torch.from_numpy(dm.train_set.images[:8]).movedim(-1, -3)
+    drawn = [(images[:, None] == real[None]).flatten(2).all(-1).any(-1) for images, _ in dm.train_dataloader()]
+    assert len(torch.cat(drawn)) == 4000 and 0.7 < torch.cat(drawn).float().mean() < 0.8
+    with pytest.raises(CaptchaError, match="data.real_fraction=0: must be above 0"):
+        CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), real_fraction=0)

@@ -10,7 +10,7 @@ from captcha_lit import CaptchaReader
 from captcha_lit.predict import predict
 from captcha_lit.train import train
 
-from conftest import CONF, ROOT, TINY, compose_cfg, make_folder
+from tests.helpers import CONF, ROOT, TINY, compose_cfg, make_folder
 
 GROUPS = sorted(p.name for p in Path(CONF).iterdir() if p.is_dir() and p.name != "hydra")
 

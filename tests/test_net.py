@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from captcha_lit.errors import CaptchaError
 from captcha_lit.module import CaptchaModule
 from captcha_lit.net import ResNet
 
@@ -19,8 +21,24 @@ def test_shapes_for_both_image_sizes():
         assert len(labels) == 3 and all(len(s) == length for s in labels)
 
 
+def test_ctc_head_reads_variable_lengths():
+    model = CaptchaModule(task="x", length=[4, 6], width=160, height=60, alphabet="0123456789", head="ctc",
+                          widths=(8, 8, 16, 16))
+    images = torch.randint(0, 256, (3, 3, 60, 160), dtype=torch.uint8)
+    assert model(images).shape == (3, 20, 11)  # one step per 8 pixels of width; class 0 is the blank
+    targets = torch.tensor([[1, 2, 3, 4, -1, -1], [5, 5, 5, 5, 5, 5], [0, 1, 2, 3, 4, -1]])
+    loss = model.loss(model(images), targets)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    with pytest.raises(CaptchaError, match="model.head=positions reads a fixed number of characters"):
+        CaptchaModule(task="x", length=[4, 6], width=160, height=60, alphabet="0123456789")
+    with pytest.raises(CaptchaError, match="gives? 4 columns, too few for 4 characters"):
+        CaptchaModule(task="x", length=4, width=32, height=60, alphabet="0123456789", head="ctc")
+    with pytest.raises(CaptchaError, match="model.head='rnn'"):
+        CaptchaModule(task="x", length=4, width=96, height=60, alphabet="0123456789", head="rnn")
+
+
 def test_hyperparameters_are_primitives():
-    model = CaptchaModule(optimizer=torch.optim.Adam)
+    model = CaptchaModule(task="task1", length=1, alphabet="0123456789", width=72, height=72, optimizer=torch.optim.Adam)
     allowed = (str, int, float, bool, tuple, list, type(None))
     assert all(isinstance(v, allowed) for v in model.hparams.values())
     assert "optimizer" not in model.hparams

@@ -10,11 +10,13 @@ from PIL import Image
 
 from captcha_lit import CaptchaReader
 from captcha_lit.errors import CaptchaError
-from captcha_lit.export import export_onnx
+from captcha_lit.export import export_ddddocr, export_onnx
 from captcha_lit.predict import predict
 from captcha_lit.train import train
 
-from conftest import ROOT, TINY, compose_cfg, make_folder
+from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, write_csv
+
+NAMED = dict(length=[3, 5], alphabet="0123456789ABCxyz", width=120, height=40)  # a variable-length task of one's own
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,12 @@ def ckpts(tmp_path_factory):
         run = tmp_path_factory.mktemp(task)
         train(compose_cfg("train", [f"task={task}", "trainer=cpu", "trainer.max_steps=3", "test=false"] + TINY, run))
         out[task] = str(run / "checkpoints" / "last.ckpt")
+    # a CTC model of a task inferred from label-named images
+    data = make_named_folder(tmp_path_factory.mktemp("named") / "mine", 40, **NAMED)
+    run = tmp_path_factory.mktemp("named-run")
+    train(compose_cfg("train", ["task=auto", "data=folder", f"data.root={data}", "model.head=ctc", "trainer=cpu",
+                                "trainer.max_steps=3", "test=false"] + TINY, run))
+    out["mine"] = str(run / "checkpoints" / "last.ckpt")
     return out
 
 
@@ -102,11 +110,11 @@ def test_clear_errors(tmp_path, ckpts):
     (data / "task1" / "00001.png").unlink()
     with pytest.raises(CaptchaError, match="00001.png: image not found"):
         run_predict(tmp_path, ckpts["task1"], data)
-    # a checkpoint whose task and length disagree (a task1 model asked to read task3's 4 characters)
+    # a checkpoint whose length and weights disagree (a task1 model said to read 4 characters)
     ckpt = torch.load(ckpts["task1"], weights_only=True)
-    ckpt["hyper_parameters"]["task"] = "task3"
+    ckpt["hyper_parameters"]["length"] = 4
     torch.save(ckpt, tmp_path / "wrong.ckpt")
-    with pytest.raises(CaptchaError, match="for task3 but reads 1 characters"):
+    with pytest.raises(CaptchaError, match="wrong.ckpt: its hyperparameters and weights do not fit"):
         CaptchaReader.from_checkpoint(tmp_path / "wrong.ckpt")
 
 
@@ -118,6 +126,8 @@ def test_onnx_gives_identical_predictions(tmp_path, ckpts):
     assert (contract["task"], contract["length"], contract["width"], contract["height"]) == ("task3", 4, 96, 72)
     torch_reader = CaptchaReader.from_checkpoint(ckpts["task3"], precision="32")
     onnx_reader = CaptchaReader.from_onnx(onnx_path)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    assert np.allclose(torch_reader.logits_fn(images), onnx_reader.logits_fn(images), atol=1e-4)
     assert torch_reader.read(paths) == onnx_reader.read(paths)
     # and through predict.py, an .onnx model stands in for its checkpoint
     run_predict(tmp_path, onnx_path, data)
@@ -144,3 +154,69 @@ def test_predict_cli_end_to_end(tmp_path, ckpts):
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(read_rows(out)) == 7 and "task1: exact_match=" in result.stdout
     assert list(work.iterdir()) == []  # nothing but the output: no outputs/ or .hydra folder
+
+
+def test_a_task_of_ones_own_end_to_end(tmp_path, ckpts):
+    """task=auto inferred the task, the checkpoint carries it, and predict.py, the reader and the
+    ONNX export read label-named images with nothing else given."""
+    hp = torch.load(ckpts["mine"], weights_only=True)["hyper_parameters"]
+    assert (hp["task"], hp["length"], hp["width"], hp["height"], hp["head"]) == ("mine", [3, 5], 120, 40, "ctc")
+    assert set(hp["alphabet"]) <= set(NAMED["alphabet"])
+    data = make_named_folder(tmp_path / "test", 12, seed=5, **{**NAMED, "alphabet": hp["alphabet"]})
+    write_csv(data, [(p.name, p.stem.split("_")[0]) for p in sorted(data.glob("*.png"))])
+    metrics = run_predict(tmp_path, ckpts["mine"], data)
+    reader = CaptchaReader.from_checkpoint(ckpts["mine"], precision="32")
+    paths = sorted(data.glob("*.png"))
+    assert [r[1] for r in read_rows(tmp_path / "submission.csv")[1:]] == reader.read(paths)
+    assert metrics["mine"]["n"] == 12
+    onnx_reader = CaptchaReader.from_onnx(export_onnx(ckpts["mine"], tmp_path / "mine.onnx"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    assert np.allclose(reader.logits_fn(images), onnx_reader.logits_fn(images), atol=1e-4)
+    assert onnx_reader.read(paths) == reader.read(paths)
+
+
+@pytest.mark.parametrize("name", ["task3", "mine"])
+def test_ddddocr_loads_the_export_and_reads_the_same_strings(tmp_path, ckpts, name):
+    ddddocr = pytest.importorskip("ddddocr")
+    model, charsets = export_ddddocr(ckpts[name], tmp_path / "model")
+    assert (model.name, charsets.name) == ("model.onnx", "model.charsets.json")
+    ocr = ddddocr.DdddOcr(ocr=False, det=False, import_onnx_path=str(model), charsets_path=str(charsets), show_ad=False)
+    reader = CaptchaReader.from_checkpoint(ckpts[name], precision="32")
+    if name == "task3":
+        paths = sorted((make_folder(tmp_path / "d", {"task3": 10}) / "task3").glob("*.png"))
+        # force readings with repeated characters: the heads' weights say "f99f" whatever the image
+        module = torch.load(ckpts[name], weights_only=True)
+        bias = torch.full((4, 36), -5.0)
+        for i, c in enumerate("f99f"):
+            bias[i, "0123456789abcdefghijklmnopqrstuvwxyz".index(c)] = 5.0
+        module["state_dict"]["net.heads.weight"].zero_()
+        module["state_dict"]["net.heads.bias"] = bias.flatten()
+        torch.save(module, tmp_path / "f99f.ckpt")
+        model, charsets = export_ddddocr(tmp_path / "f99f.ckpt", tmp_path / "f99f")
+        forced = ddddocr.DdddOcr(ocr=False, det=False, import_onnx_path=str(model), charsets_path=str(charsets),
+                                 show_ad=False)
+        assert [forced.classification(p.read_bytes()) for p in paths[:3]] == ["f99f"] * 3
+    else:
+        paths = sorted(make_named_folder(tmp_path / "d", 10, seed=3, **NAMED).glob("*.png"))
+    ours = reader.read(paths)
+    assert [ocr.classification(p.read_bytes()) for p in paths] == ours
+    # the scores agree too: ddddocr's softmax at each character step is the reader's
+    got = ocr.classification(paths[0].read_bytes(), probability=True)
+    probs = np.asarray(got["probabilities"]).reshape(-1, len(got["charset"]))
+    logits = reader.logits_fn(np.asarray(Image.open(paths[0]).convert("RGB"))[None])[0]
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    if name == "task3":  # character steps are every other step, and never the blank
+        probs = probs[::2, 1:]
+    assert np.allclose(probs, expected, atol=1e-4)
+
+
+def test_decoding_workers_give_the_same_rows_and_errors(tmp_path, ckpts):
+    data = make_folder(tmp_path / "d", {"task1": 70})  # enough for two processes (chunks of 32)
+    paths = sorted((data / "task1").glob("*.png"))
+    serial = CaptchaReader.from_checkpoint(ckpts["task1"], num_workers=0, batch_size=16).predict(paths)
+    pooled = CaptchaReader.from_checkpoint(ckpts["task1"], num_workers=2, batch_size=16).predict(paths)
+    assert serial[0] == pooled[0] and np.allclose(serial[1], pooled[1])
+    paths[50].write_bytes(b"not a png")
+    with pytest.raises(CaptchaError, match=f"{paths[50].name}: not a readable image"):
+        CaptchaReader.from_checkpoint(ckpts["task1"], num_workers=2).read(paths)

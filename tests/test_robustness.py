@@ -19,13 +19,17 @@ from PIL import Image
 
 import captcha_lit.train
 from captcha_lit.checkpoint import AtomicCheckpointIO, load_module
-from captcha_lit.data import CaptchaDataModule, load_image, read_annotations, split
+from captcha_lit.datamodule import CaptchaDataModule
+from captcha_lit.datasets import split
+from captcha_lit.folders import read_labelled
+from captcha_lit.images import load_image
+from captcha_lit.tasks import preset
 from captcha_lit.errors import CaptchaError
-from captcha_lit.io import atomic_write_text
+from captcha_lit.files import atomic_write_text
 from captcha_lit.module import CaptchaModule
 from captcha_lit.train import build, train
 
-from conftest import ROOT, TINY, compose_cfg, make_folder
+from tests.helpers import ROOT, TINY, compose_cfg, make_folder, module_args
 
 DIGITS = "0123456789"
 ALNUM = DIGITS + "abcdefghijklmnopqrstuvwxyz"
@@ -43,7 +47,7 @@ def corrupt(path, how):
 
 
 def task1_datamodule(root, **kw):
-    return CaptchaDataModule("task1", 1, DIGITS, 72, 72, source="kaggle", root=str(root), **kw)
+    return CaptchaDataModule(preset("task1").config(), root=str(root), **kw)
 
 
 # ---------------------------------------------------------------- images
@@ -64,7 +68,7 @@ def test_unreadable_png_names_the_file_through_the_process_pool(tmp_path):
     for i in range(1, 1200):
         os.link(good, root / "task1" / f"{i:05d}.png")
     write_csv(root, [(f"task1/{i:05d}.png", "7") for i in range(1200)])
-    train_idx, _ = split(1200, 0.15, 0)
+    train_idx, _, _ = split(1200, 0.15, 0)
     bad = root / "task1" / f"{train_idx[700]:05d}.png"
     bad.unlink()
     bad.write_bytes(good.read_bytes()[:200])
@@ -108,20 +112,20 @@ def test_mixed_modes_load_through_the_datamodule(tmp_path):
     (b"filename,label,source\ntask1/00000.png,1,real\n", "the first line must be the header 'filename,label'"),
     (b"filename,label\ntask1/00000.png,1,real\n", r"expected 2 fields \(filename,label\), found 3"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a UTF-8 CSV file"),
-    (b"filename,label\n", r"no usable rows of task1 \(rows per folder prefix: none\)"),
+    (b"filename,label\n", "no rows below the header"),
 ], ids=["empty", "no-header", "extra-column-header", "extra-field", "not-utf8", "header-only"])
 def test_bad_csv_names_the_file_and_what_is_wrong(tmp_path, content, message):
     root = make_folder(tmp_path / "d", {"task1": 2})
     (root / "annotations.csv").write_bytes(content)
     with pytest.raises(CaptchaError, match=r"annotations\.csv(, line 2)?: " + message):
-        read_annotations(root, "task1", 1, DIGITS)
+        read_labelled(root, preset("task1"))
 
 
 def test_csv_with_a_byte_order_mark_loads(tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 3})
     path = root / "annotations.csv"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheets save "CSV UTF-8"
-    assert len(read_annotations(root, "task1", 1, DIGITS)) == 3
+    assert len(read_labelled(root, preset("task1"))) == 3
 
 
 def test_missing_csv_and_missing_image(tmp_path):
@@ -129,10 +133,10 @@ def test_missing_csv_and_missing_image(tmp_path):
     with open(root / "annotations.csv", "a", newline="") as f:
         csv.writer(f).writerow(("task1/gone.png", "4"))
     with pytest.raises(CaptchaError, match=r"annotations\.csv, line 5: image .*gone\.png not found"):
-        read_annotations(root, "task1", 1, DIGITS)
-    (root / "annotations.csv").unlink()
-    with pytest.raises(CaptchaError, match=r"annotations\.csv: file not found"):
-        read_annotations(root, "task1", 1, DIGITS)
+        read_labelled(root, preset("task1"))
+    (root / "annotations.csv").unlink()  # then the folder is read as label-named images
+    with pytest.raises(CaptchaError, match=r"00000\.png: label '00000' does not fit task task1: length 5"):
+        read_labelled(root, preset("task1"))
 
 
 def test_bad_labels_are_dropped_and_counted(tmp_path, caplog):
@@ -141,14 +145,14 @@ def test_bad_labels_are_dropped_and_counted(tmp_path, caplog):
         csv.writer(f).writerows([("task2/long.png", "abc"), ("task2/upper.png", "AB"), ("task2/punct.png", "a!"),
                                  ("task2/empty.png", "")])
     with caplog.at_level(logging.WARNING):
-        items = read_annotations(root, "task2", 2, ALNUM)
+        items = read_labelled(root, preset("task2"))
     assert len(items) == 5
     assert "dropped 4 task2 rows (2 wrong length, 2 characters outside the alphabet)" in caplog.text
     assert "line 8 (task2/upper.png, 'AB'): characters 'AB' not in the alphabet" in caplog.text
     # the digits-only task1 drops letters the same way
     make_folder(root, {"task1": 4}, extra_rows=[("task1/letter.png", "a")])
     with caplog.at_level(logging.WARNING):
-        assert len(read_annotations(root, "task1", 1, DIGITS)) == 4
+        assert len(read_labelled(root, preset("task1"))) == 4
     assert "dropped 1 task1 rows (1 characters outside the alphabet)" in caplog.text
 
 
@@ -158,14 +162,14 @@ def test_duplicate_rows(tmp_path, caplog):
     with open(root / "annotations.csv", "a", newline="") as f:
         csv.writer(f).writerows([rows[1], rows[1], rows[2]])
     with caplog.at_level(logging.WARNING):
-        assert len(read_annotations(root, "task1", 1, DIGITS)) == 3
-    assert "dropped 3 task1 rows (3 duplicate)" in caplog.text
+        assert len(read_labelled(root, preset("task1"))) == 3
+    assert "dropped 3 duplicate rows" in caplog.text
     other = "1" if rows[3][1] == "0" else "0"
     with open(root / "annotations.csv", "a", newline="") as f:
         csv.writer(f).writerow((rows[3][0], other))
     both = rf"lines 4 and 8: task1/00002\.png is labelled both '{rows[3][1]}' and '{other}'"
     with pytest.raises(CaptchaError, match=both):
-        read_annotations(root, "task1", 1, DIGITS)
+        read_labelled(root, preset("task1"))
 
 
 def test_folder_without_the_task_and_too_few_rows(tmp_path):
@@ -173,14 +177,14 @@ def test_folder_without_the_task_and_too_few_rows(tmp_path):
     with pytest.raises(CaptchaError, match=r"no usable rows of task1 \(rows per folder prefix: task2: 4, task3: 2\)"):
         task1_datamodule(root, num_workers=0).setup("fit")
     root = make_folder(tmp_path / "e", {"task1": 1})
-    with pytest.raises(CaptchaError, match=r"1 usable task1 row\(s\) leave none to train on .*data\.val_fraction"):
+    with pytest.raises(CaptchaError, match=r"1 usable task1 image\(s\) leave none to train on .*data\.val_fraction"):
         task1_datamodule(root, num_workers=0).setup("fit")
 
 
 def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 4})
     corrupt(root / "task1" / "00002.png", "truncated")
-    cmd = [sys.executable, str(ROOT / "train.py"), "data=kaggle", f"data.root={root}", "task=task1", "trainer=cpu",
+    cmd = [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={root}", "task=task1", "trainer=cpu",
            f"hydra.run.dir={tmp_path / 'run'}"] + TINY
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -191,13 +195,16 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
 
 # ---------------------------------------------------------------- configuration mistakes
 @pytest.mark.parametrize("overrides, message", [
-    (["task.name=task9"], "task.name='task9': choose task1, task2 or task3"),
-    (["data=kaggle", "data.root=/nope"], "data.root=/nope: no such folder; point it at the folder holding annotations"),
-    (["data=kaggle"], "data=kaggle needs the folder: add data.root=PATH"),
-    (["task.batch_size=0"], r"batch size 0: must be at least 1 \(task.batch_size=...\)"),
+    (["task.length=0"], "task.length=0: lengths must be 1 or more"),
+    (["task.alphabet=aa"], "task.alphabet: alphabet 'aa' must be non-empty and list each character once"),
+    (["data=folder", "data.root=/nope"], "data.root=/nope: no such folder; point it at a folder of labelled images"),
+    (["data=folder"], "data=folder and data=mixed read a labelled folder: add data.root=PATH"),
+    (["task=auto"], "task=auto infers the task from labelled images: add data=folder"),
+    (["data.batch_size=0"], "data.batch_size=0: must be at least 1"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
-], ids=["unknown-task", "missing-folder", "no-folder-given", "batch-size-0", "no-gpu"])
+], ids=["length-0", "alphabet-repeats", "missing-folder", "no-folder-given", "auto-without-folder", "batch-size-0",
+       "no-gpu"])
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")
@@ -209,15 +216,15 @@ def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, 
 
 
 def test_errors_from_instantiated_objects_are_not_wrapped_by_hydra():
-    node = OmegaConf.create({"_target_": "captcha_lit.data.CaptchaDataModule", "task": "task1", "length": 1,
-                             "alphabet": DIGITS, "width": 72, "height": 72, "source": "folder"})
-    with pytest.raises(CaptchaError, match="data.source='folder': choose synthetic, kaggle or mixed"):
+    node = OmegaConf.create({"_target_": "captcha_lit.datamodule.CaptchaDataModule", "task": preset("task1").config(),
+                             "batch_size": 0})
+    with pytest.raises(CaptchaError, match="data.batch_size=0: must be at least 1"):
         build(node)
 
 
 # ---------------------------------------------------------------- untrusted checkpoints
 def save_tiny_checkpoint(path, **hparams):
-    module = CaptchaModule(widths=(16, 16, 32, 32), **hparams)
+    module = CaptchaModule(**{**module_args("task1"), "widths": (16, 16, 32, 32), **hparams})
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "epoch": 0}, path)
     return module
 
@@ -234,7 +241,7 @@ class RunsCode:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_that_would_run_code_is_refused(tmp_path, fmt):
     marker, path = tmp_path / "MARKER", tmp_path / "evil.ckpt"
-    module = CaptchaModule(widths=(16, 16, 32, 32))
+    module = CaptchaModule(**module_args("task1"), widths=(16, 16, 32, 32))
     payload = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "x": RunsCode(marker)}
     if fmt.startswith("pickle-"):  # a bare pickle; protocol 5's framing is refused even before the global
         path.write_bytes(pickle.dumps({"x": RunsCode(marker)}, protocol=int(fmt[-1])))
@@ -343,7 +350,7 @@ def csv_rows(run):
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_with_one_command(tmp_path):
     # the learning rate logged, and written to metrics.csv, at every step: it tells where training is
-    overrides = TINY + ["task.epochs=3", "trainer=cpu", "test=false", "callbacks.lr_monitor.logging_interval=step",
+    overrides = TINY + ["trainer.max_epochs=3", "trainer=cpu", "test=false", "callbacks.lr_monitor.logging_interval=step",
                         "trainer.log_every_n_steps=1", "+logger.csv.flush_logs_every_n_steps=1"]
     run, steps_per_epoch = tmp_path / "run", -(-256 // 32)  # TINY: 256 images in batches of 32
     with open(tmp_path / "first.log", "w") as log:
@@ -370,3 +377,31 @@ def test_run_killed_mid_epoch_resumes_with_one_command(tmp_path):
     val = [(version, int(r["epoch"]), float(r["val/loss"])) for version, r in csv_rows(run) if r.get("val/loss")]
     assert [(v, e) for v, e, _ in val] == [("version_0", 0), ("version_1", 1), ("version_1", 2)], val
     assert all(np.isfinite(loss) for _, _, loss in val)
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path):
+    module = CaptchaModule(**module_args("task1"), widths=(8, 8, 16, 16))
+    state = module.state_dict()
+    state["net.heads.weight"][0, 0] = float("nan")
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": state}, tmp_path / "nan.ckpt")
+    with pytest.raises(CaptchaError, match="nan.ckpt: its weights hold NaN or infinite values"):
+        load_module(tmp_path / "nan.ckpt")
+
+
+def test_a_single_image_is_read_as_one_image(tmp_path):
+    from captcha_lit import CaptchaReader
+    module = CaptchaModule(**module_args("task3"), widths=(8, 8, 16, 16))
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, tmp_path / "m.ckpt")
+    root = make_folder(tmp_path / "d", {"task3": 2})
+    reader = CaptchaReader.from_checkpoint(tmp_path / "m.ckpt")
+    path = root / "task3" / "00000.png"
+    both = reader.read([path, root / "task3" / "00001.png"])
+    assert reader.read(str(path)) == reader.read(path) == reader.read(Image.open(path)) == both[:1]
+    assert len(both[0]) == 4
+
+
+def test_a_callback_or_logger_set_to_null_is_left_out(tmp_path):
+    cfg = compose_cfg("train", TINY + ["trainer=cpu", "trainer.max_steps=1", "test=false", "callbacks.lr_monitor=null",
+                                       "callbacks.validation_images=null"], tmp_path)
+    train(cfg)  # Lightning refuses a None among its callbacks
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -3,23 +3,26 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from captcha_lit.checkpoint import load_module
 from captcha_lit.train import train
 
-from conftest import ROOT, TINY, compose_cfg
+from tests.helpers import ROOT, TINY, compose_cfg, make_named_folder
 
 
 @pytest.mark.parametrize("task", ["task1", "task2", "task3"])
 def test_fast_dev_run_each_task(task, tmp_path, capsys):
     cfg = compose_cfg("train", [f"task={task}", "trainer=cpu", "trainer.fast_dev_run=true"] + TINY, tmp_path)
     score = train(cfg)
-    assert 0.0 <= score <= 1.0
-    assert "final metrics:" in capsys.readouterr().out
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("final metrics:"))
+    metrics = dict(item.split("=") for item in line.removeprefix("final metrics: ").split(", "))
+    assert float(metrics["train/loss"]) > 0 and float(metrics["val/loss"]) > 0  # one batch of each ran
+    assert score == pytest.approx(float(metrics["val/exact_match"]), abs=1e-4)  # the last validation
 
 
 def test_training_checkpoints_and_round_trip(tmp_path, capsys):
-    cfg = compose_cfg("train", ["trainer=cpu", "task.epochs=2"] + TINY, tmp_path)
+    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_epochs=2"] + TINY, tmp_path)
     score = train(cfg)
     out = capsys.readouterr().out
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
@@ -46,8 +49,8 @@ def test_training_checkpoints_and_round_trip(tmp_path, capsys):
 @pytest.mark.slow
 def test_accuracy_rises_on_learnable_set(tmp_path):
     """A small network on 3000 rendered digits gets far past chance (10 %) in two epochs."""
-    overrides = ["trainer=cpu", "model.widths=[16,32,32,64]", "task.num_train=3000", "data.num_val=300",
-                 "task.epochs=2", "task.batch_size=32", "data.num_workers=0", "trainer.enable_progress_bar=false",
+    overrides = ["trainer=cpu", "model.widths=[16,32,32,64]", "data.num_train=3000", "data.num_val=300",
+                 "trainer.max_epochs=2", "data.batch_size=32", "data.num_workers=0", "trainer.enable_progress_bar=false",
                  "test=false"]
     score = train(compose_cfg("train", overrides, tmp_path))
     assert score > 0.6
@@ -67,7 +70,7 @@ def test_two_job_multirun(tmp_path):
 
 def test_ddp_with_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.precision=32-true", f"hydra.run.dir={tmp_path}", "test=false", "task.num_train=256"] + TINY
+           "trainer.precision=32-true", f"hydra.run.dir={tmp_path}", "test=false", "data.num_train=256"] + TINY
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("final metrics:") == 1  # rank zero reports
@@ -95,3 +98,32 @@ def test_compiled_training_saves_plain_weights(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert "net.stem.0.weight" in state and not any("_orig_mod" in k for k in state)
     load_module(tmp_path / "checkpoints" / "last.ckpt")  # loads into an uncompiled module
+
+
+def test_auto_task_is_inferred_printed_and_recorded(tmp_path, capsys):
+    data = make_named_folder(tmp_path / "my-captchas", 30, [3, 5], "0123456789ABCxyz", 120, 40)
+    cfg = compose_cfg("train", ["experiment=auto", f"data.root={data}", "trainer=cpu", "trainer.max_steps=2",
+                                "test=false"] + TINY, tmp_path / "run")
+    train(cfg)
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("task=auto:"))
+    hp = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    alphabet = "".join(sorted(set("".join(p.name.split(".")[0].split("_")[0] for p in data.glob("*.png")))))
+    assert line.startswith(f"task=auto: my-captchas: 3-5 characters of {alphabet!r}") and "120x40" in line
+    assert "from 30 labelled images (label-named layout)" in line
+    assert (hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"]) == \
+        ("my-captchas", [3, 5], alphabet, 120, 40, "ctc")
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.task == {"name": "my-captchas", "length": [3, 5], "alphabet": alphabet, "width": 120, "height": 40,
+                          "lowercase": False}
+
+
+@pytest.mark.slow
+def test_ctc_accuracy_rises_on_variable_length_captchas(tmp_path):
+    """A small CTC network on rendered 2-3 digit captchas gets far past chance in three epochs."""
+    overrides = ["trainer=cpu", "task.name=short", "task.length=[2,3]", "task.width=64", "task.height=32",
+                 "model.head=ctc", "model.widths=[16,32,32,64]", "data.num_train=3000", "data.num_val=300",
+                 "trainer.max_epochs=3", "data.batch_size=32", "data.num_workers=0", "trainer.enable_progress_bar=false",
+                 "test=false", "optimizer.lr=2e-3"]
+    score = train(compose_cfg("train", overrides, tmp_path))
+    assert score > 0.5

@@ -1,0 +1,55 @@
+from collections import Counter
+
+import pytest
+
+from captcha_lit.alphabet import ALPHANUMERIC, DIGITS
+from captcha_lit.errors import CaptchaError
+from captcha_lit.tasks import Task, infer_task, preset
+
+
+def test_presets_are_the_competitions_tasks():
+    assert preset("task1") == Task("task1", 1, DIGITS, 72, 72)
+    assert preset("task2") == Task("task2", 2, ALPHANUMERIC, 72, 72)
+    assert preset("task3") == Task("task3", 4, ALPHANUMERIC, 96, 72)
+    with pytest.raises(CaptchaError, match="task=task9: no such preset"):
+        preset("task9")
+
+
+def test_label_problems():
+    task3 = preset("task3")
+    assert task3.label_problem("ab12") is None
+    assert "length 3, expected 4" in task3.label_problem("ab1")
+    assert "not in the alphabet" in task3.label_problem("AB12")
+    assert "not in the alphabet" in preset("task1").label_problem("a")  # task1 is digits only
+    ranged = Task("x", [4, 6], ALPHANUMERIC, 160, 60)
+    assert ranged.lengths == (4, 6) and not ranged.fixed
+    assert ranged.label_problem("abcde") is None and "expected 4 to 6" in ranged.label_problem("abc")
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(length=0), "task.length=0"),
+    (dict(length=[6, 4]), "shortest first"),
+    (dict(length="four"), "give a number"),
+    (dict(alphabet="aab"), "task.alphabet"),
+    (dict(width=4), "task.width=4"),
+    (dict(height=72.5), "task.height=72.5"),
+    (dict(name="my task"), "task.name='my task'"),
+])
+def test_bad_task_values_are_named(values, message):
+    good = dict(name="t", length=4, alphabet=DIGITS, width=96, height=72)
+    with pytest.raises(CaptchaError, match=message):
+        Task(**{**good, **values})
+
+
+def test_inference_from_labels_and_sizes():
+    labels = ["aB3x", "Zz9q1", "abcd"]
+    task, line = infer_task(labels, Counter({(160, 60): 2, (150, 50): 1}), "mine", {})
+    assert task == Task("mine", [4, 5], "139BZabcdqxz", 128, 48)  # scaled to fit 160x48, keeping the aspect ratio
+    assert "4-5 characters" in line and "1 images of other sizes resized" in line and "160x60 scaled to 128x48" in line
+    # case folded on request
+    task, line = infer_task(labels, Counter({(400, 100): 3}), "mine", {"lowercase": True})
+    assert task.alphabet == "139abcdqxz" and task.lowercase
+    assert (task.width, task.height) == (160, 40) and "images of 400x100 scaled to 160x40" in line
+    # values given in the config win over the inferred ones
+    task, _ = infer_task(["abcd"] * 3, Counter({(100, 40): 3}), "mine", {"alphabet": ALPHANUMERIC, "length": 4})
+    assert task.alphabet == ALPHANUMERIC and task.length == 4 and task.width == 100
