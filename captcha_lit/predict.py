@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig
 
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
-from .folders import read_csv_rows
+from .folders import inside, read_csv_rows
 from .images import IMAGE_SUFFIXES
 from .reader import CaptchaReader
 from .report import accuracy, confusion_picture, mistakes_picture
@@ -43,6 +43,8 @@ def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
             if not rows:
                 raise CaptchaError(f"{data_dir / name}: no rows")
             names = [filename for _, filename, _ in rows]
+            for lineno, filename, _ in rows:  # refuse rows that point outside the folder
+                inside(data_dir, filename, f"{data_dir / name}, line {lineno}")
             return names, ([label for _, _, label in rows] if kind == "labelled" else None), kind
     # a plain folder: every image below it
     names = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -220,3 +220,11 @@ def test_decoding_workers_give_the_same_rows_and_errors(tmp_path, ckpts):
     paths[50].write_bytes(b"not a png")
     with pytest.raises(CaptchaError, match=f"{paths[50].name}: not a readable image"):
         CaptchaReader.from_checkpoint(ckpts["task1"], num_workers=2).read(paths)
+
+
+def test_rows_pointing_outside_the_folder_are_refused(tmp_path, ckpts):
+    data = make_folder(tmp_path / "test", {"task1": 3})
+    (tmp_path / "secret.png").write_bytes((data / "task1" / "00000.png").read_bytes())
+    write_csv(data, [("task1/00000.png", "1"), ("../secret.png", "2")])
+    with pytest.raises(CaptchaError, match=r"annotations.csv, line 3: '../secret.png' points outside"):
+        run_predict(tmp_path, ckpts["task1"], data)
