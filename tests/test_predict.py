@@ -228,3 +228,15 @@ def test_rows_pointing_outside_the_folder_are_refused(tmp_path, ckpts):
     write_csv(data, [("task1/00000.png", "1"), ("../secret.png", "2")])
     with pytest.raises(CaptchaError, match=r"annotations.csv, line 3: '../secret.png' points outside"):
         run_predict(tmp_path, ckpts["task1"], data)
+
+
+def test_reading_with_an_onnx_model_imports_neither_torch_lightning_nor_the_renderer(tmp_path, ckpts):
+    onnx_path = export_onnx(ckpts["task1"], tmp_path / "task1.onnx")
+    image = sorted((make_folder(tmp_path / "d", {"task1": 2}) / "task1").glob("*.png"))[0]
+    code = (f"import sys; from captcha_lit import CaptchaReader; "
+            f"print(CaptchaReader.from_onnx({str(onnx_path)!r}).read({str(image)!r})); "
+            f"print(sorted(m for m in ('torch', 'pytorch_lightning', 'captcha', 'hydra') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reading, imported = result.stdout.splitlines()
+    assert reading == str(CaptchaReader.from_onnx(onnx_path).read([image])) and imported == "[]"
