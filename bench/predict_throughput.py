@@ -1,19 +1,26 @@
-"""Prediction throughput of captcha_lit.reader.CaptchaReader: PyTorch eager vs onnxruntime.
+"""Reading the competition's 10,000 test images: the reading paths side by side, on real images.
 
-    python bench/predict_throughput.py [--n 1000] [--rounds 3] [--batch 256] [--workers 2]
-                                       [--device cpu|cuda] [--no-cli]
+    python bench/predict_throughput.py --data ../shared/captcha-hacker-2022 --ckpt T1.ckpt T2.ckpt T3.ckpt
+                                       [--old REV] [--rounds 2]
 
-An untrained task3 model (96x72, 4 characters of 0-9a-z) is saved as a checkpoint and exported
-to ONNX; speed does not depend on the weights. Each backend reads --n in-memory uint8 arrays
-(the model alone) and --n PNG files (decoding included, on --workers processes), rounds
-alternating the backends. Last, `python predict.py` runs once per backend on the PNG folder,
-timed end to end (interpreter start, imports and model loading included). The default --n
-keeps the run near two minutes on 2 CPU cores; the table also projects each rate to the
-competition's 10,000 test images, and --n 10000 --rounds 1 measures them for real.
+1. The models alone. Every variant reads every labelled image of each task from memory (decoded
+   once, untimed), rounds alternating the variants. Per variant and task: images/s, agreement
+   with fp32 eager (the training module in fp32: the reference) and exact match against the
+   labels; then the time the competition's mix (6,500 task1, 2,500 task2, 1,000 task3) takes.
+     eager-fp32  the training module, fp32: the reference
+     today       the training module under bf16 autocast where the CPU has native bf16 (the
+                 reading path before BatchNorm folding; what `--old` runs)
+     fp32        this tree's reader with precision=32: BatchNorm folded, channels-last
+     bf16        this tree's default (precision=auto on a bf16 CPU): bf16 weights, channels-last
+     onnx        the exported model in onnxruntime (fp32)
+2. End to end. A competition-style folder of 10,000 PNGs (the real mix of tasks and sizes, drawn
+   with repetition from the labelled images) and its sample_submission.csv; `python predict.py`
+   is timed on it, start-up included: this tree's default and precision=32, and, with --old REV,
+   the predict.py of git revision REV (checked out into a temporary worktree), alternating.
+   The last line is `predict 10k: S s` (this tree's default, median).
 """
 import argparse
-import atexit
-import multiprocessing as mp
+import csv
 import os
 import shutil
 import statistics
@@ -23,101 +30,127 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
 
+from captcha_lit.checkpoint import load_module
 from captcha_lit.export import export_onnx
-from captcha_lit.module import CaptchaModule
+from captcha_lit.folders import read_labelled
+from captcha_lit.hardware import cpu_has_bf16
+from captcha_lit.images import load_image
 from captcha_lit.reader import CaptchaReader
-from captcha_lit.render import Renderer, sample_rng
 from captcha_lit.tasks import preset
 
+MIX = {"task1": 6500, "task2": 2500, "task3": 1000}  # the competition's test set
+ROOT = Path(__file__).resolve().parents[1]
+
 parser = argparse.ArgumentParser()
-parser.add_argument("--n", type=int, default=1000, help="images per measurement (the competition's test set: 10000)")
-parser.add_argument("--rounds", type=int, default=3)
-parser.add_argument("--batch", type=int, default=256, help="the reader's batch size (predict.yaml's default)")
-parser.add_argument("--workers", type=int, default=2, help="PNG-decoding processes (predict.yaml's default)")
-parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the eager model")
-parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end `python predict.py` runs")
+parser.add_argument("--data", default=str(ROOT.parent / "shared" / "captcha-hacker-2022"))
+parser.add_argument("--ckpt", nargs=3, required=True, help="task1, task2 and task3 checkpoints")
+parser.add_argument("--rounds", type=int, default=2)
+parser.add_argument("--batch", type=int, default=256)
+parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's")
+parser.add_argument("--skip-models", action="store_true", help="only the end-to-end runs")
 args = parser.parse_args()
-
-TASK = preset("task3")  # the largest input (96x72) and four heads
-HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
-tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
-atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"])
+tmp = Path(tempfile.mkdtemp(prefix="captcha-predict-bench-"))
 
 
-def render_png(i):
-    img, _ = renderer.render(sample_rng(0, "bench", i))
-    Image.fromarray(img).save(tmp / "task3" / f"{i:06d}.png")
-    return img
+def module_reader(path, autocast: bool) -> CaptchaReader:
+    """A reader on the training module (BatchNorm not folded), in fp32 or under bf16 autocast."""
+    module = load_module(path)
+    dtype = torch.bfloat16 if autocast and cpu_has_bf16() else None
+
+    @torch.inference_mode()
+    def logits_fn(images):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            return module(torch.from_numpy(images).movedim(-1, 1)).float().numpy()
+
+    hp = module.hparams
+    return CaptchaReader(logits_fn, hp.task, hp.length, hp.alphabet, hp.width, hp.height, hp.head, hp.lowercase,
+                         batch_size=args.batch)
 
 
-# ---------------------------------------------------------------- model files and data (untimed)
-torch.manual_seed(0)
-module = CaptchaModule(**HP)
-ckpt = tmp / "task3.ckpt"
-# all that checkpoint.load_module reads: the weights and the constructor arguments
-torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
-onnx = export_onnx(ckpt, tmp / "task3.onnx")
-t = time.perf_counter()
-(tmp / "task3").mkdir()
-with mp.get_context("fork").Pool(os.cpu_count()) as pool:
-    arrays = pool.map(render_png, range(args.n), chunksize=64)
-paths = sorted((tmp / "task3").glob("*.png"))
-print(f"rendered {args.n} images and wrote them as PNGs in {time.perf_counter() - t:.1f}s")
+ckpts = dict(zip(MIX, args.ckpt))
+items = {task: read_labelled(args.data, preset(task)) for task in MIX}
+print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {cpu_has_bf16()}, threads "
+      f"{torch.get_num_threads()}, batch {args.batch}, rounds {args.rounds}; labelled images: "
+      + ", ".join(f"{t} {len(v)}" for t, v in items.items()))
 
-readers = {
-    "torch": lambda w: CaptchaReader.from_checkpoint(ckpt, device=args.device, batch_size=args.batch, num_workers=w),
-    "onnx": lambda w: CaptchaReader.from_onnx(onnx, batch_size=args.batch, num_workers=w),
-}
-inputs = {"arrays": (arrays, 0), "png": (paths, args.workers)}
-readers["torch"](0).read(arrays[:args.batch])  # warm-up: oneDNN builds its kernels on the first batches
-readers["onnx"](0).read(arrays[:args.batch])
+if not args.skip_models:
+    arrays = {t: np.stack([load_image(p, preset(t).width, preset(t).height) for p, _ in v]) for t, v in items.items()}
+    variants = {
+        "eager-fp32": lambda c: module_reader(c, autocast=False),
+        "today": lambda c: module_reader(c, autocast=True),
+        "fp32": lambda c: CaptchaReader.from_checkpoint(c, precision="32", batch_size=args.batch),
+        "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="auto", batch_size=args.batch),
+        "onnx": lambda c: CaptchaReader.from_onnx(export_onnx(c, tmp / f"{Path(c).stem}-{len(os.listdir(tmp))}.onnx"),
+                                                  batch_size=args.batch),
+    }
+    readers = {(v, t): make(ckpts[t]) for v, make in variants.items() for t in MIX}
+    for r in readers.values():
+        r.read(arrays["task1"][:16] if r.width == 72 else arrays["task3"][:16])  # warm-up: kernels are built
+    seconds = {k: [] for k in readers}
+    strings = {}
+    for _ in range(args.rounds):
+        for key, reader in readers.items():
+            t0 = time.perf_counter()
+            strings[key] = reader.read(arrays[key[1]])
+            seconds[key].append(time.perf_counter() - t0)
+    print(f"\n{'variant':<11}" + "".join(f"{t + ' img/s':>13}{'agree':>8}{'exact':>8}" for t in MIX)
+          + f"{'10k mix s':>11}{'vs today':>9}")
+    mix = {}
+    for v in variants:
+        row = f"{v:<11}"
+        for t in MIX:
+            s = statistics.median(seconds[v, t])
+            labels = [label for _, label in items[t]]
+            agree = np.mean([a == b for a, b in zip(strings[v, t], strings["eager-fp32", t])])
+            exact = np.mean([a == b for a, b in zip(strings[v, t], labels)])
+            row += f"{len(labels) / s:>13.0f}{agree:>8.4f}{exact:>8.4f}"
+        mix[v] = sum(n * statistics.median(seconds[v, t]) / len(items[t]) for t, n in MIX.items())
+        print(row + f"{mix[v]:>11.1f}{mix['today'] / mix[v] if 'today' in mix else 1:>8.2f}x")
 
-# ---------------------------------------------------------------- rounds, backends side by side
-print(f"torch={torch.__version__} eager device={args.device} (precision auto), onnxruntime CPU; "
-      f"n={args.n} batch={args.batch} png workers={args.workers} rounds={args.rounds}")
-print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start (higher: shared)")
-rates = {(b, i): [] for i in inputs for b in readers}
-for r in range(args.rounds):
-    for (backend, what), got in rates.items():
-        images, workers = inputs[what]
-        reader = readers[backend](workers)
-        t0 = time.perf_counter()
-        reader.read(images)
-        got.append(len(images) / (time.perf_counter() - t0))
-    print(f"round {r}: " + ", ".join(f"{b}/{i}={v[-1]:.0f}" for (b, i), v in rates.items()) + " img/s")
+# ---------------------------------------------------------------- end to end, start-up included
+test = tmp / "test"
+rng = np.random.default_rng(0)
+rows = []
+for task, n in MIX.items():
+    (test / task).mkdir(parents=True)
+    for i, j in enumerate(rng.integers(0, len(items[task]), n)):
+        shutil.copy(items[task][j][0], test / task / f"{i:05d}.png")
+        rows.append([f"{task}/{i:05d}.png", "0"])
+rows = [rows[i] for i in rng.permutation(len(rows))]  # tasks interleaved, as in the competition's file
+with open(test / "sample_submission.csv", "w", newline="") as f:
+    csv.writer(f).writerows([["filename", "label"]] + rows)
 
-# ---------------------------------------------------------------- python predict.py, end to end
-cli = {}
-if not args.no_cli:
-    root = Path(__file__).resolve().parents[1]
-    for backend, model in (("torch", ckpt), ("onnx", onnx)):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "predict.py", f"ckpt={model}", f"data_dir={tmp}", f"output={tmp}/sub.csv",
-                        f"device={args.device}", f"batch_size={args.batch}", f"num_workers={args.workers}",
-                        "progress=false"], cwd=root, check=True, stdout=subprocess.DEVNULL)
-        cli[backend] = time.perf_counter() - t0
-
-ips = {k: statistics.median(v) for k, v in rates.items()}
-best = {k: max(v) for k, v in rates.items()}  # the least disturbed round, for a shared machine
-print(f"\n{'path':<26} {'torch img/s':>12} {'onnx img/s':>11} {'onnx/torch':>11} {'10k: torch s':>13} {'onnx s':>7}")
-rows = [(name, ips["torch", what], ips["onnx", what], 10000 / ips["torch", what], 10000 / ips["onnx", what])
-        for name, what in (("in-memory uint8 arrays", "arrays"), (f"PNG files, {args.workers} decoders", "png"))]
-if cli:
-    # the CLI's fixed cost (interpreter, imports, model loading) is what its run took beyond the PNG rate;
-    # its 10k figure is that cost plus 10,000 images at the PNG rate
-    startup = {b: cli[b] - args.n / ips[b, "png"] for b in cli}
-    rows.append(("python predict.py", args.n / cli["torch"], args.n / cli["onnx"],
-                 startup["torch"] + 10000 / ips["torch", "png"], startup["onnx"] + 10000 / ips["onnx", "png"]))
-for name, a, b, ta, tb in rows:
-    print(f"{name:<26} {a:>12.0f} {b:>11.0f} {b / a:>10.2f}x {ta:>13.1f} {tb:>7.1f}")
-if cli:
-    print(f"python predict.py on {args.n} PNGs: torch {cli['torch']:.1f}s, onnx {cli['onnx']:.1f}s, of which start-up "
-          f"(interpreter, imports, model loading) about {startup['torch']:.1f}s and {startup['onnx']:.1f}s")
-print(f"best rounds, arrays: torch {best['torch', 'arrays']:.0f}, onnx {best['onnx', 'arrays']:.0f} img/s; "
-      f"png: torch {best['torch', 'png']:.0f}, onnx {best['onnx', 'png']:.0f} img/s")
-print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end (higher: shared)")
-print(f"onnx/torch: {ips['onnx', 'arrays'] / ips['torch', 'arrays']:.2f}")
+runs = {"default": (ROOT, []), "precision=32": (ROOT, ["precision=32"])}
+if args.old:
+    old = tmp / "old"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
+                   capture_output=True)
+    runs[f"old {args.old}"] = (old, [])
+ckpt_list = "[" + ",".join(str(Path(c).resolve()) for c in args.ckpt) + "]"
+wall = {k: [] for k in runs}
+outputs = {}
+try:
+    for _ in range(args.rounds):
+        for name, (tree, extra) in runs.items():
+            out = tmp / f"{name.replace(' ', '_').replace('=', '_')}.csv"
+            env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own captcha_lit package
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "predict.py", f"ckpt={ckpt_list}", f"data_dir={test}", f"output={out}",
+                            "progress=false"] + extra, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+            wall[name].append(time.perf_counter() - t0)
+            outputs[name] = out.read_text()
+finally:
+    if args.old:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+base = outputs["precision=32"].splitlines()
+print("\npython predict.py on 10,000 PNGs (6,500 task1, 2,500 task2, 1,000 task3), start-up included:")
+for name in runs:
+    same = np.mean([a == b for a, b in zip(outputs[name].splitlines()[1:], base[1:])])
+    ratio = statistics.median(wall[next(iter(runs))]) / statistics.median(wall[name])
+    print(f"  {name:<22} median {statistics.median(wall[name]):6.1f} s of {['%.1f' % w for w in wall[name]]}, "
+          f"rows as precision=32: {same:.4f}, default is {1 / ratio:.2f}x as fast")
+shutil.rmtree(tmp, ignore_errors=True)
+print(f"predict 10k: {statistics.median(wall['default']):.1f} s")

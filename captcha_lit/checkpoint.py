@@ -1,27 +1,18 @@
-"""Saving checkpoints atomically and loading them without running any code."""
+"""Loading checkpoints without running any code: as the LightningModule (to export or train on),
+or as a bare inference network that needs neither Lightning nor the renderer (to read)."""
 import pickle
 import re
 from pathlib import Path
 
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .errors import CaptchaError
-from .files import atomic_path
-from .module import CaptchaModule
+from .net import ResNet, fold_batchnorm
+from .tasks import length_range
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but through a temporary file and a rename: a run killed
-    while saving keeps its previous checkpoint intact."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
-
-
-def load_module(path, expect: dict | None = None) -> CaptchaModule:
-    """A CaptchaModule in eval mode, rebuilt from the checkpoint's own hyperparameters.
+def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
+    """The checkpoint's hyperparameters and weights, checked.
 
     The file is read with weights_only=True: only tensors and plain values are unpickled, so a
     crafted checkpoint cannot execute code; it is refused instead. `expect` (e.g. task=, alphabet=,
@@ -41,22 +32,67 @@ def load_module(path, expect: dict | None = None) -> CaptchaModule:
     except Exception as e:  # random bytes or text fail anywhere inside the unpickler (KeyError, IndexError, ...)
         raise CaptchaError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_reason(e)})") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "task" not in hparams or "state_dict" not in ckpt:
+    if not isinstance(hparams, dict) or "task" not in hparams or not isinstance(ckpt.get("state_dict"), dict):
         raise CaptchaError(f"{path}: not a captcha-lit checkpoint (no task in its hyperparameters)")
     for key, wanted in (expect or {}).items():
         if hparams.get(key) != wanted:
             raise CaptchaError(f"{path}: trained for {key}={hparams.get(key)!r}, not the {key}={wanted!r} asked for: "
                                f"use a checkpoint trained for {key}={wanted!r}")
-    try:
-        module = CaptchaModule(**hparams)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CaptchaError(f"{path}: its hyperparameters and weights do not fit this version of captcha-lit "
-                           f"({str(e).splitlines()[0]})") from None
-    if not all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()):
+    state = ckpt["state_dict"]
+    if not all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t) and t.is_floating_point()):
         raise CaptchaError(f"{path}: its weights hold NaN or infinite values (the run diverged); use an earlier "
                            f"checkpoint or train with a lower optimizer.lr")
+    return hparams, state
+
+
+def _unfit(path, e: Exception) -> CaptchaError:
+    return CaptchaError(f"{path}: its hyperparameters and weights do not fit this version of captcha-lit "
+                        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+
+
+def load_module(path, expect: dict | None = None):
+    """The CaptchaModule (a LightningModule) in eval mode, rebuilt from the checkpoint's own
+    hyperparameters."""
+    from .module import CaptchaModule  # Lightning: only here, not for reading
+
+    hparams, state = read_checkpoint(path, expect)
+    try:
+        module = CaptchaModule(**hparams)
+        module.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise _unfit(path, e) from None
     return module.eval()
+
+
+class Reading(torch.nn.Module):
+    """The inference network: uint8 (B, 3, H, W) images -> logits, scaling and normalisation
+    inside (as in training), BatchNorm folded into the convolutions."""
+
+    def __init__(self, net: torch.nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images):
+        x = (images.float() / 255 - self.mean.float()) / self.std.float()
+        return self.net(x.to(self.mean.dtype))  # the weights' dtype: float32, or bfloat16 after .to(torch.bfloat16)
+
+
+def load_network(path, expect: dict | None = None) -> tuple[dict, Reading]:
+    """(hyperparameters, the inference network in eval mode): the weight average when the run kept
+    one, else the trained weights. Imports neither Lightning nor the renderer."""
+    hparams, state = read_checkpoint(path, expect)
+    prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
+    try:
+        hp = hparams
+        net = ResNet(length_range(hp["length"])[1], len(hp["alphabet"]), tuple(hp["widths"]), tuple(hp["strides"]),
+                     hp["blocks_per_stage"], hp["columns"], hp["head"])
+        net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        reading = Reading(fold_batchnorm(net.eval()), hp["mean"], hp["std"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise _unfit(path, e) from None
+    return hparams, reading.eval()
 
 
 def _reason(e: Exception) -> str:

@@ -92,7 +92,8 @@ class CaptchaDataModule(pl.LightningDataModule):
                 n_real = len(train_idx)
                 self.train_weights = torch.cat([torch.full((n_real,), self.real_fraction / n_real),
                                                 torch.full((n_rendered,), (1 - self.real_fraction) / n_rendered)])
-        self.val_set = self._folder([items[i] for i in val_idx])
+        # val_fraction=0 (final training): no validation, and the last checkpoint is the model
+        self.val_set = self._folder([items[i] for i in val_idx]) if len(val_idx) else None
         # without a test split, test reports on the validation split (which also picked the checkpoint)
         self.test_set = self._folder([items[i] for i in test_idx]) if len(test_idx) else self.val_set
         log.info(f"{self.task.name}: {len(train_idx)} real + {n_rendered} rendered training images "
@@ -115,7 +116,7 @@ class CaptchaDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, shuffle=True, weights=self.train_weights)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
 
     def test_dataloader(self):
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, shuffle=False) if self.test_set is not None else []

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .alphabet import encode
+from .errors import CaptchaError
 from .files import atomic_path
 from .images import load_image
 from .parallel import ordered_map
@@ -95,7 +96,15 @@ def cached(dataset: RenderedDataset, cache_dir, processes: int) -> ArrayDataset:
         for path, array in ((tgt_path, arrays.targets), (img_path, arrays.images)):
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, array)
-    return ArrayDataset(np.load(img_path, mmap_mode="r"), np.load(tgt_path))
+    try:
+        images, targets = np.load(img_path, mmap_mode="r"), np.load(tgt_path)
+    except (ValueError, OSError, EOFError) as e:  # truncated or not an array file
+        raise CaptchaError(f"{img_path}: a broken cache file ({e}); delete {img_path} and {tgt_path} to render "
+                           f"them again") from None
+    if images.shape[:1] != targets.shape[:1] or images.shape[1:] != (r.height, r.width, 3):
+        raise CaptchaError(f"{img_path}: a cache file of the wrong shape {images.shape}; delete it and {tgt_path} "
+                           f"to render them again")
+    return ArrayDataset(images, targets)
 
 
 def concat(datasets: list[Dataset]) -> Dataset:
@@ -105,13 +114,14 @@ def concat(datasets: list[Dataset]) -> Dataset:
 
 
 def split(n: int, val_fraction: float, seed: int, test_fraction: float = 0.0):
-    """Train, validation and test indices of range(n), fixed by the seed. With test_fraction=0
-    the test indices are empty."""
+    """Train, validation and test indices of range(n), fixed by the seed. The test split is drawn
+    first, so it stays the same whatever val_fraction is (a final training with val_fraction=0
+    is tested on the same images as the run that chose its schedule). A fraction above 0 takes at
+    least one image; 0 takes none."""
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * val_fraction))
-    n_test = round(n * test_fraction) if test_fraction > 0 else 0
-    n_test = max(1, n_test) if test_fraction > 0 else 0
-    return np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test])
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    return np.sort(order[n_test + n_val:]), np.sort(order[n_test:n_test + n_val]), np.sort(order[:n_test])
 
 
 def collate(batch):

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_module
+from .checkpoint import load_network
+from .cli import run_reporting
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
 
@@ -35,13 +36,23 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_batc
                           opset_version=17, dynamo=False)
 
 
+def _refuse_overwriting_input(ckpt, output: Path) -> None:
+    """Output paths are checked before any work: never the checkpoint itself, never a folder."""
+    if output.exists() and output.resolve() == Path(ckpt).resolve():
+        raise CaptchaError(f"{output}: that is the checkpoint being exported; choose another output name")
+    if output.is_dir():
+        raise CaptchaError(f"{output}: is a folder; give the output file's name")
+    if not output.parent.is_dir():
+        raise CaptchaError(f"{output}: its folder {output.parent} does not exist")
+
+
 def export_onnx(ckpt, output=None) -> Path:
-    module = load_module(ckpt).float()
-    hp = module.hparams
+    hp, net = load_network(ckpt)
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
-    _to_onnx(module, torch.zeros(2, 3, hp.height, hp.width, dtype=torch.uint8), output, dynamic_batch=True)
+    _refuse_overwriting_input(ckpt, output)
+    _to_onnx(net, torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8), output, dynamic_batch=True)
     contract = {key: hp[key] for key in ("task", "length", "alphabet", "width", "height", "head", "lowercase")}
-    contract.update(mean=list(hp.mean), std=list(hp.std), input="uint8 (batch, 3, height, width) RGB",
+    contract.update(mean=list(hp["mean"]), std=list(hp["std"]), input="uint8 (batch, 3, height, width) RGB",
                     output="logits (batch, steps, classes): positions: argmax per step indexes the alphabet; "
                            "ctc: class 0 is the blank, class i is alphabet[i - 1], merge repeats")
     atomic_write_text(output.with_suffix(output.suffix + ".json"), json.dumps(contract, indent=2) + "\n")
@@ -51,12 +62,12 @@ def export_onnx(ckpt, output=None) -> Path:
 class DdddocrGraph(nn.Module):
     """Float pixels in [0, 1] -> CTC scores (1, steps, 1 + len(alphabet)), blank first."""
 
-    def __init__(self, module):
+    def __init__(self, net, head: str):
         super().__init__()
-        self.module, self.head = module, module.hparams.head
+        self.net, self.head = net, head
 
     def forward(self, pixels):
-        logits = self.module(pixels * 255)  # the module scales uint8-range pixels itself
+        logits = self.net(pixels * 255)  # the network scales uint8-range pixels itself
         if self.head == "ctc":
             return logits
         b, n, k = logits.shape
@@ -68,14 +79,16 @@ class DdddocrGraph(nn.Module):
 def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
     """OUT.onnx and OUT.charsets.json, for ddddocr.DdddOcr(ocr=False, det=False,
     import_onnx_path=OUT.onnx, charsets_path=OUT.charsets.json)."""
-    module = load_module(ckpt).float()
-    hp = module.hparams
+    hp, net = load_network(ckpt)
     stem = Path(output)
     stem = stem.with_suffix("") if stem.suffix == ".onnx" else stem
     onnx_path, charsets_path = Path(f"{stem}.onnx"), Path(f"{stem}.charsets.json")
-    _to_onnx(DdddocrGraph(module).eval(), torch.zeros(1, 3, hp.height, hp.width), onnx_path, dynamic_batch=False)
+    for path in (onnx_path, charsets_path):
+        _refuse_overwriting_input(ckpt, path)
+    graph = DdddocrGraph(net, hp["head"]).eval()
+    _to_onnx(graph, torch.zeros(1, 3, hp["height"], hp["width"]), onnx_path, dynamic_batch=False)
     # image: ddddocr resizes to exactly [width, height]; channel 3: RGB, as the model was trained
-    charsets = {"charset": [""] + list(hp.alphabet), "word": False, "image": [hp.width, hp.height], "channel": 3}
+    charsets = {"charset": [""] + list(hp["alphabet"]), "word": False, "image": [hp["width"], hp["height"]], "channel": 3}
     atomic_write_text(charsets_path, json.dumps(charsets, ensure_ascii=False) + "\n")
     return onnx_path, charsets_path
 
@@ -87,14 +100,10 @@ def main(argv=None):
     parser.add_argument("--format", choices=("onnx", "ddddocr"), default="onnx",
                         help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json")
     args = parser.parse_args(argv)
-    try:
-        if args.format == "ddddocr":
-            print(*export_ddddocr(args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
-        else:
-            print(export_onnx(args.ckpt, args.output))
-    except CaptchaError as e:
-        sys.exit(f"error: {e}")
-
+    if args.format == "ddddocr":
+        print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
+    else:
+        print(run_reporting(export_onnx, args.ckpt, args.output))
 
 if __name__ == "__main__":
     main()

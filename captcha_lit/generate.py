@@ -1,5 +1,6 @@
 """Render a synthetic data set to disk in the competition's layout (annotations.csv +
 taskN/*.png), so it can be inspected, shared, and trained on with data=folder."""
+import contextlib
 import csv
 import io
 import os
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
+from .images import IMAGE_SUFFIXES
 from .parallel import ordered_map
 from .render import Renderer, sample_rng
 
@@ -25,24 +27,40 @@ def _write_one(job):
 
 
 def generate(cfg: DictConfig) -> Path:
+    """Renders into a new folder; an interrupted or failed run removes what it wrote: a complete
+    folder or none."""
     out = Path(cfg.out)
-    if (out / "annotations.csv").exists():
-        raise CaptchaError(f"out={out}: already holds an annotations.csv; choose a new folder")
-    jobs = []
+    if out.exists() and not out.is_dir():
+        raise CaptchaError(f"out={out}: is a file; choose a new folder")
+    if (out / "annotations.csv").exists() or (out.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                                   for p in out.rglob("*"))):
+        raise CaptchaError(f"out={out}: already holds images or an annotations.csv; choose a new folder")
+    if not (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)):
+        raise CaptchaError(f"seed={cfg.seed!r}: must be a whole number")
+    jobs, made = [], []
     for key, task in cfg.tasks.items():
-        n = int(cfg.num.get(key, 0))
-        if n < 0:
-            raise CaptchaError(f"num.{key}={n}: must be 0 or more")
+        n = cfg.num.get(key, 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise CaptchaError(f"num.{key}={n!r}: must be a whole number, 0 or more")
         renderer = Renderer(task.width, task.height, task.length, task.alphabet, cfg.font_sizes)
-        (out / task.name).mkdir(parents=True, exist_ok=True)
         jobs += [(renderer, cfg.seed, task.name, i, str(out)) for i in range(n)]
+        made.append(out / task.name)
     processes = cfg.num_workers or os.cpu_count()
-    rows = list(tqdm(ordered_map(_write_one, jobs, processes, chunksize=64), total=len(jobs), desc="writing", unit="img"))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["filename", "label"])
-    writer.writerows(rows)
-    atomic_write_text(out / "annotations.csv", buffer.getvalue())  # last: a complete folder or none
+    try:
+        rows = list(tqdm(ordered_map(_write_one, jobs, processes, chunksize=64), total=len(jobs), desc="writing",
+                         unit="img"))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["filename", "label"])
+        writer.writerows(rows)
+        atomic_write_text(out / "annotations.csv", buffer.getvalue())  # last: a complete folder or none
+    except BaseException:  # Ctrl-C included: take back this run's images (the folder held none before)
+        for folder in made:
+            for path in folder.glob("*.png"):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     print(f"wrote {len(rows)} images and {out / 'annotations.csv'}")
     return out
 

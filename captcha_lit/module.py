@@ -2,7 +2,8 @@
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+import copy
+
 from torchmetrics import MeanMetric, MetricCollection
 
 from .alphabet import PAD, check_alphabet, decode
@@ -70,11 +71,12 @@ class CaptchaModule(pl.LightningModule):
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # ema > 0: an exponential moving average of the weights (and BN statistics), updated after
-        # every step, is what validation, test, prediction and export use
+        # every step, is what validation, test, prediction and export use. See update_ema for its warm-up
+        if not 0 <= ema < 1:
+            raise CaptchaError(f"model.ema={ema}: must be at least 0 and below 1 (0: no weight average)")
         self.ema_net = None
         if ema:
-            self.ema_net = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
-            self.ema_net.requires_grad_(False)
+            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         # exact_match: the whole string right; char_acc: the share of a label's characters read right
@@ -90,7 +92,7 @@ class CaptchaModule(pl.LightningModule):
         x = (images.float() / 255 - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        net = self.net if self.training or self.ema_net is None else self.ema_net.module
+        net = self.net if self.training or self.ema_net is None else self.ema_net
         return net(x)
 
     def augmented(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,9 +142,22 @@ class CaptchaModule(pl.LightningModule):
             batch = (self.augmented(batch[0]), batch[1])
         return self._step(batch, "train")
 
+    @torch.no_grad()
+    def update_ema(self, step: int):
+        """Moves the average towards the current weights. The decay warms up as (1 + step) / (10 + step)
+        (as timm's and TensorFlow's averages do) up to `ema`, so early on the average follows the
+        weights instead of holding on to the random initialisation for 1 / (1 - ema) steps."""
+        decay = min(self.hparams.ema, (1 + step) / (10 + step))
+        ema, now = list(self.ema_net.state_dict().values()), list(self.net.state_dict().values())
+        floats = [(e, n) for e, n in zip(ema, now) if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in floats], [n for _, n in floats], 1 - decay)
+        for e, n in zip(ema, now):
+            if not e.is_floating_point():  # BatchNorm's batch counters
+                e.copy_(n)
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.ema_net is not None:
-            self.ema_net.update_parameters(self.net)
+            self.update_ema(self.global_step - 1)  # global_step already counts this step
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")

@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import logging
+import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -18,19 +20,63 @@ from .report import accuracy, confusion_picture, mistakes_picture
 log = logging.getLogger(__name__)
 
 
+def run_checkpoint(run: Path) -> Path | None:
+    """A training run's model: its best checkpoint (by the validation score in its name), or
+    last.ckpt for a run without validation (final=true)."""
+    def score(path):
+        found = re.search(r"exact([0-9.]+)\.ckpt$", path.name)
+        return float(found[1]) if found else -1.0
+    best = max((run / "checkpoints").glob("best-*.ckpt"), key=score, default=None)
+    last = run / "checkpoints" / "last.ckpt"
+    return best or (last if last.is_file() else None)
+
+
+def sweep_checkpoints(folder: Path) -> list[Path]:
+    """The model of a run folder, or of each run in a Hydra multirun folder (its numbered subfolders)."""
+    runs = [folder] if (folder / "checkpoints").is_dir() else sorted(
+        (d for d in folder.iterdir() if (d / "checkpoints").is_dir()), key=lambda d: (len(d.name), d.name))
+    found = [c for c in map(run_checkpoint, runs) if c is not None]
+    if not found:
+        raise CaptchaError(f"ckpt={folder}: no run with a checkpoint in it or in its subfolders (expected "
+                           f"RUN/checkpoints/best-*.ckpt or last.ckpt)")
+    return found
+
+
 def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, CaptchaReader]:
-    """One reader per task, from .ckpt checkpoints or .onnx exports (run by onnxruntime on the
-    CPU); each knows its own task."""
-    readers = {}
-    for path in ckpts:
-        if str(path).endswith(".onnx"):
-            reader = CaptchaReader.from_onnx(path, **kwargs)
-        else:
-            reader = CaptchaReader.from_checkpoint(path, device=device, precision=precision, **kwargs)
-        if reader.task in readers:
-            raise CaptchaError(f"two models for {reader.task}: {readers[reader.task].source} and {path}; pass one per task")
-        readers[reader.task] = reader
-    return readers
+    """One reader per task, from .ckpt checkpoints, exported .onnx models (run by onnxruntime on the
+    CPU), run folders or multirun folders (each run's best checkpoint); each model knows its own
+    task. Several models of one task are averaged (an ensemble); a multirun folder must hold one
+    run per task."""
+    models: dict[str, list[CaptchaReader]] = {}
+    for entry in map(Path, ckpts):
+        from_folder = {}
+        for path in sweep_checkpoints(entry) if entry.is_dir() else [entry]:
+            if path.suffix == ".onnx":
+                reader = CaptchaReader.from_onnx(path, **kwargs)
+            else:
+                reader = CaptchaReader.from_checkpoint(path, device=device, precision=precision, **kwargs)
+            if entry.is_dir():
+                if reader.task in from_folder:
+                    raise CaptchaError(f"ckpt={entry}: {from_folder[reader.task]} and {path} both trained "
+                                       f"{reader.task}; name the checkpoints to use in ckpt=[...] (several of one "
+                                       f"task are averaged)")
+                from_folder[reader.task] = path
+                print(f"ckpt={entry}: {reader.task} from {path}")
+            models.setdefault(reader.task, []).append(reader)
+    return {task: rs[0] if len(rs) == 1 else CaptchaReader.ensemble(rs) for task, rs in models.items()}
+
+
+def check_output(output: Path, data_dir: Path, names: list[str], ckpts) -> None:
+    """Refuse, before any work, an output that would replace an input or cannot be written."""
+    inputs = {data_dir / n for n in names} | {data_dir / "annotations.csv", data_dir / "sample_submission.csv"}
+    inputs |= {Path(c) for c in ckpts}
+    if output.resolve() in {p.resolve() for p in inputs if p.exists()}:
+        raise CaptchaError(f"output={output}: that is one of the inputs; choose another file name")
+    if output.is_dir():
+        raise CaptchaError(f"output={output}: is a folder; give the CSV file's name")
+    folder = next(p for p in output.absolute().parents if p.exists())  # missing folders are made
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise CaptchaError(f"output={output}: not writable (check {folder})")
 
 
 def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
@@ -71,10 +117,11 @@ def predict(cfg: DictConfig) -> dict:
         raise CaptchaError("no model given: add ckpt=PATH (or ckpt=[P1,P2,P3]), a .ckpt or an exported .onnx")
     if cfg.data_dir is None:
         raise CaptchaError("no input given: add data_dir=DIR (a test folder, a labelled folder or a folder of images)")
-    readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                           num_workers=cfg.num_workers)
-    data_dir = Path(cfg.data_dir)
+    data_dir, output = Path(cfg.data_dir), Path(cfg.output)
     names, labels, kind = list_inputs(data_dir)
+    check_output(output, data_dir, names, ckpts)
+    readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                           num_workers=cfg.num_workers, tta=cfg.tta)
     tasks = tasks_of(names, readers)
 
     missing = {}
@@ -97,7 +144,6 @@ def predict(cfg: DictConfig) -> dict:
         for i, p, c in zip(rows, got, conf):
             predictions[i], confidence[i] = p, float(c)
 
-    output = Path(cfg.output)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["filename", "label"])

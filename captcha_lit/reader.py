@@ -32,8 +32,8 @@ def _to_array(image, width: int, height: int) -> np.ndarray:
 
 
 def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[str], np.ndarray]:
-    """(B, steps, classes) logits -> strings and their confidence: the product of the softmax
-    maxima of the steps that gave a character."""
+    """(B, steps, classes) logits (or log-probabilities) -> strings and their confidence: the
+    product of the softmax maxima of the steps that gave a character."""
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     best = (probs / probs.sum(-1, keepdims=True)).max(-1)
     steps = logits.argmax(-1)
@@ -47,38 +47,85 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[st
     return labels, np.asarray(confidence)
 
 
+# Test-time views (tta=N takes the first N): (dx, dy) pixel shifts and a zoom about the centre,
+# as small as the training augmentation's. No flips: they change characters.
+VIEWS = [(0, 0, 1.0), (2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.06), (0, 0, 0.94), (2, 2, 1.03)]
+
+
+def shifted(images: np.ndarray, dx: int, dy: int, zoom: float) -> np.ndarray:
+    """(B, H, W, 3) images moved by (dx, dy) pixels and zoomed about the centre (nearest pixel),
+    edges repeated."""
+    _, h, w, _ = images.shape
+    rows = np.clip(np.round((np.arange(h) - dy - (h - 1) / 2) / zoom + (h - 1) / 2), 0, h - 1).astype(np.intp)
+    cols = np.clip(np.round((np.arange(w) - dx - (w - 1) / 2) / zoom + (w - 1) / 2), 0, w - 1).astype(np.intp)
+    return images[:, rows][:, :, cols]
+
+
+def log_mean_softmax(logits: list[np.ndarray]) -> np.ndarray:
+    """The log of the mean class probabilities of several models' or views' logits."""
+    total = 0
+    for x in logits:
+        e = np.exp(x - x.max(-1, keepdims=True))
+        total = total + e / e.sum(-1, keepdims=True)
+    return np.log(total / len(logits) + 1e-30)
+
+
 class CaptchaReader:
-    """Reads the captchas of one task. Build it with from_checkpoint() or from_onnx()."""
+    """Reads the captchas of one task with one model, or the average of several (an ensemble),
+    over `tta` test-time views. Build it with from_checkpoint(), from_onnx() or ensemble()."""
 
     def __init__(self, logits_fn, task: str, length, alphabet: str, width: int, height: int, head: str = "positions",
-                 lowercase: bool = False, batch_size: int = 256, num_workers: int = 0, source: str = ""):
-        if batch_size < 1:
-            raise CaptchaError(f"batch_size={batch_size}: must be at least 1")
-        self.logits_fn, self.task, self.length, self.alphabet, self.head = logits_fn, task, length, alphabet, head
+                 lowercase: bool = False, batch_size: int = 256, num_workers: int = 0, source: str = "", tta: int = 1):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise CaptchaError(f"batch_size={batch_size!r}: must be a whole number of at least 1")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise CaptchaError(f"num_workers={num_workers!r}: must be a whole number of at least 0")
+        if not isinstance(tta, int) or not 1 <= tta <= len(VIEWS):
+            raise CaptchaError(f"tta={tta!r}: must be a whole number from 1 (no test-time views) to {len(VIEWS)}")
+        self.logits_fns = logits_fn if isinstance(logits_fn, list) else [logits_fn]
+        self.task, self.length, self.alphabet, self.head = task, length, alphabet, head
         self.lowercase = lowercase  # the model was trained on lower-cased labels
-        self.width, self.height, self.batch_size, self.num_workers, self.source = width, height, batch_size, num_workers, source
+        self.width, self.height, self.batch_size, self.num_workers = width, height, batch_size, num_workers
+        self.source, self.tta = source, tta
+
+    def describe(self) -> dict:
+        """What a model reads; models of an ensemble must agree on all of it."""
+        return dict(task=self.task, length=self.length, alphabet=self.alphabet, width=self.width, height=self.height,
+                    head=self.head, lowercase=self.lowercase)
+
+    @classmethod
+    def ensemble(cls, readers: list["CaptchaReader"]) -> "CaptchaReader":
+        """One reader that averages the class probabilities of several models of the same task."""
+        first = readers[0]
+        for r in readers[1:]:
+            differ = [k for k, v in first.describe().items() if r.describe()[k] != v]
+            if differ:
+                raise CaptchaError(f"{first.source} and {r.source} cannot be averaged: their {', '.join(differ)} differ")
+        return cls([fn for r in readers for fn in r.logits_fns], **first.describe(), batch_size=first.batch_size,
+                   num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto", precision: str = "auto", **kwargs):
+        """precision auto: bf16 weights where the device computes bf16 natively, else fp32."""
         import torch
 
-        from .checkpoint import load_module
+        from .checkpoint import load_network
         from .hardware import inference_dtype, pick_device
 
-        module = load_module(path)
+        hp, net = load_network(path)
         dev = pick_device(device)
-        module.to(dev)
         dtype = inference_dtype(precision, dev)
+        # whole-model bf16 (no autocast casts per layer) in NHWC layout, the layout oneDNN and cuDNN run fastest
+        net = net.to(dev, dtype=dtype or torch.float32).to(memory_format=torch.channels_last)
 
         @torch.inference_mode()
         def logits_fn(images: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(images).movedim(-1, 1).to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                return module(x).float().cpu().numpy()
+            # (B, H, W, 3) memory viewed as (B, 3, H, W): channels-last without a copy
+            x = torch.from_numpy(images).to(dev, non_blocking=True).permute(0, 3, 1, 2)
+            return net(x).float().cpu().numpy()
 
-        hp = module.hparams
-        return cls(logits_fn, hp.task, hp.length, hp.alphabet, hp.width, hp.height, hp.head,
-                   hp.lowercase, source=str(path), **kwargs)
+        return cls(logits_fn, hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"],
+                   hp["lowercase"], source=str(path), **kwargs)
 
     @classmethod
     def from_onnx(cls, path, **kwargs):
@@ -88,16 +135,34 @@ class CaptchaReader:
         contract_path = path.with_suffix(path.suffix + ".json")
         if not path.is_file() or not contract_path.is_file():
             raise CaptchaError(f"{path}: an exported model needs the file and its contract {contract_path.name} beside it")
-        contract = json.loads(contract_path.read_text())
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+        try:
+            contract = json.loads(contract_path.read_text())
+            task = (contract["task"], contract["length"], contract["alphabet"], contract["width"], contract["height"],
+                    contract.get("head", "positions"), contract.get("lowercase", False))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CaptchaError(f"{contract_path}: not a captcha-lit export contract ({type(e).__name__}: {e})") from None
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for broken files
+            raise CaptchaError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        graph_input = session.get_inputs()[0]
+        if list(graph_input.shape[2:]) != [task[4], task[3]]:
+            raise CaptchaError(f"{path}: the graph takes {graph_input.shape[2:]} (height, width) images, but its "
+                               f"contract {contract_path.name} says {task[3]}x{task[4]}: they belong to different models")
+        name = graph_input.name
 
         def logits_fn(images: np.ndarray) -> np.ndarray:
             return session.run(None, {name: np.ascontiguousarray(images.transpose(0, 3, 1, 2))})[0]
 
-        return cls(logits_fn, contract["task"], contract["length"], contract["alphabet"], contract["width"],
-                   contract["height"], contract.get("head", "positions"), contract.get("lowercase", False),
-                   source=str(path), **kwargs)
+        return cls(logits_fn, *task, source=str(path), **kwargs)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 images -> (B, steps, classes) logits; with several models or views, the
+        log of their mean probabilities."""
+        outputs = [fn(shifted(images, *v) if v != VIEWS[0] else images) for v in VIEWS[:self.tta] for fn in self.logits_fns]
+        if any(o.shape != outputs[0].shape for o in outputs):
+            raise CaptchaError(f"{self.source}: the models give outputs of different shapes and cannot be averaged")
+        return outputs[0] if len(outputs) == 1 else log_mean_softmax(outputs)
 
     def _batches(self, images, progress: bool):
         """Lists of (H, W, 3) arrays, `batch_size` at a time, decoded on num_workers processes."""
@@ -121,7 +186,7 @@ class CaptchaReader:
         images = [images] if single else list(images)
         labels, confidence = [], []
         for batch in self._batches(images, progress):
-            got, conf = decode_logits(self.logits_fn(np.stack(batch)), self.head, self.alphabet)
+            got, conf = decode_logits(self.logits(np.stack(batch)), self.head, self.alphabet)
             labels += got
             confidence.append(conf)
         return labels, np.concatenate(confidence) if confidence else np.zeros(0)

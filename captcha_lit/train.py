@@ -1,5 +1,6 @@
 """The training entry: config in, fitted model, checkpoints and metrics out."""
 import logging
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -9,16 +10,26 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .checkpoint import AtomicCheckpointIO
+from .checkpoint import read_checkpoint
 from .errors import CaptchaError
-from .files import atomic_write_text
+from .files import atomic_path, atomic_write_text
 from .folders import labelled_items
 from .hardware import training_precision
 from .images import image_size
-from .tasks import from_config, infer_task
+from .tasks import CONF_DIR, from_config, infer_task
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but through a temporary file and a rename: a run killed
+    while saving keeps its previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def resolve_task(cfg: DictConfig) -> None:
@@ -43,14 +54,45 @@ def resolve_task(cfg: DictConfig) -> None:
         cfg.task = task.config()
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# settings checked for type and range before any work: (key, test, what it must be). Absent keys
+# (a group without that setting) are skipped
+SETTINGS = [
+    ("seed", _whole, "a whole number"),
+    ("data.batch_size", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.num_train", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.num_val", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.epoch_size", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
+    ("data.synthetic_ratio", lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "above 0 and below 1 (final=true trains without it)"),
+    ("data.test_fraction", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    ("data.num_workers", lambda v: v is None or (_whole(v) and v >= 0), "a whole number of at least 0, or null"),
+    ("trainer.max_epochs", lambda v: v is None or (_whole(v) and (v >= 1 or v == -1)), "a whole number of at least 1"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
+    ("model.augment", lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    ("model.ema", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1 (0: no weight average)"),
+]
+
+
 def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
+    for key, ok, wanted in SETTINGS:
+        node, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, node) if node else cfg
+        if parent is not None and leaf in parent and not ok(parent[leaf]):
+            raise CaptchaError(f"{key}={parent[leaf]!r}: must be {wanted}")
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
-    if cfg.data.batch_size is None or cfg.data.batch_size < 1:
-        raise CaptchaError(f"data.batch_size={cfg.data.batch_size}: must be at least 1")
     root = cfg.data.get("root")
     if root is not None and not Path(root).is_dir():
         raise CaptchaError(f"data.root={root}: no such folder; point it at a folder of labelled images")
@@ -67,27 +109,88 @@ def build(node, **kwargs):
         raise
 
 
-def resume_config(cfg: DictConfig) -> DictConfig:
-    """The saved config of run folder `cfg.resume`, set to continue from its last checkpoint."""
+# what may change when a run is resumed: where and how long it runs, not what it trains
+RESUMABLE = ("trainer.devices", "trainer.accelerator", "trainer.max_epochs")
+
+
+def project_targets() -> set[str]:
+    """Every _target_ this project's own configs can name."""
+    return {m for path in CONF_DIR.rglob("*.yaml") for m in re.findall(r"_target_:\s*(\S+)", path.read_text())}
+
+
+def _targets(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
+
+
+def resume_config(cfg: DictConfig, overrides=()) -> DictConfig:
+    """The saved config of run folder `cfg.resume`, set to continue from its last checkpoint. Of
+    the command line's other overrides only RESUMABLE ones apply; others are refused. A config
+    that names anything this project's configs cannot (code a shared run folder could smuggle in)
+    is refused too."""
     run = Path(cfg.resume)
-    saved, last = run / ".hydra" / "config.yaml", run / "checkpoints" / "last.ckpt"
+    saved, last = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     if not saved.is_file() or not last.is_file():
         raise CaptchaError(f"resume={run}: expected {saved} and {last}")
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    refused = [k for k in keys if k != "resume" and k not in RESUMABLE]
+    if refused:
+        raise CaptchaError(f"resume={run} continues that run as configured; {', '.join(refused)} cannot change "
+                           f"(only {', '.join(RESUMABLE)} can): start a new run to change them")
+    try:
+        old = OmegaConf.load(saved)
+    except Exception as e:  # YAML syntax, or not a mapping
+        raise CaptchaError(f"{saved}: not a readable run config ({type(e).__name__})") from None
+    unknown = sorted(set(_targets(OmegaConf.to_container(old))) - project_targets())
+    if unknown:
+        raise CaptchaError(f"{saved}: refused: it names {', '.join(unknown)}, which captcha-lit's configs never do, "
+                           f"and resuming would run it")
     for tmp in last.parent.glob(".*.tmp"):  # a save cut short by the interruption; the previous file is intact
         tmp.unlink()
-    old = OmegaConf.load(saved)
+    read_checkpoint(last)  # a truncated or foreign last.ckpt: one line now, not Lightning's traceback later
     with open_dict(old):
+        for key in keys:
+            if key in RESUMABLE:
+                OmegaConf.update(old, key, OmegaConf.select(cfg, key))
         old.output_dir, old.ckpt_path, old.resume = str(run), str(last), None
     return old
 
 
-def train(cfg: DictConfig) -> float:
+def refuse_used_run_folder(cfg: DictConfig) -> None:
+    """A new run never writes into a folder that holds another run's checkpoints."""
+    folder = Path(cfg.output_dir) / "checkpoints"
+    if not cfg.get("ckpt_path") and folder.is_dir() and any(folder.glob("*.ckpt")):
+        raise CaptchaError(f"{cfg.output_dir} already holds a run's checkpoints: continue it with "
+                           f"resume={cfg.output_dir}, or train into another folder")
+
+
+def final_training(cfg: DictConfig) -> None:
+    """final=true: every labelled image that is not in the test split trains, for the recipe's
+    epochs, and the last checkpoint is the model (nothing is held out to pick an epoch by)."""
+    if not cfg.data.get("root"):
+        raise CaptchaError("final=true trains on every labelled image of a folder: add data=folder (or data=mixed) "
+                           "data.root=DIR")
+    with open_dict(cfg):
+        cfg.data.val_fraction = 0
+        cfg.callbacks.model_checkpoint = None
+
+
+def train(cfg: DictConfig, overrides=()) -> float:
     """Fits the model, tests the best checkpoint, and returns the best val/exact_match
-    (the value a Hydra sweeper optimises)."""
+    (the value a Hydra sweeper optimises; with final=true, the test score). `overrides`: the
+    command line's, which resume= checks."""
     if cfg.get("resume"):
-        cfg = resume_config(cfg)
+        cfg = resume_config(cfg, overrides)
+    else:
+        refuse_used_run_folder(cfg)
     resolve_task(cfg)
     check_config(cfg)
+    if cfg.get("final"):
+        final_training(cfg)
     # the config with every interpolation resolved (Hydra's .hydra/config.yaml keeps them)
     atomic_write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -103,7 +206,12 @@ def train(cfg: DictConfig) -> float:
     trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
                     plugins=[AtomicCheckpointIO()])
     log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SystemExit:  # Lightning ends a Ctrl-C'd fit with exit(1), after saving nothing half-written
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None  # the entry point's one line and exit code 130
+        raise
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
@@ -116,4 +224,4 @@ def train(cfg: DictConfig) -> float:
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if checkpoint is not None and checkpoint.best_model_path:
             print(f"best checkpoint: {checkpoint.best_model_path}")
-    return float(best) if best is not None else metrics.get("val/exact_match", 0.0)
+    return float(best) if best is not None else metrics.get("val/exact_match", metrics.get("test/exact_match", 0.0))

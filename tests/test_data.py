@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from captcha_lit.datamodule import CaptchaDataModule
+from captcha_lit.datasets import split
 from captcha_lit.errors import CaptchaError
 from captcha_lit.folders import read_labelled
 from captcha_lit.render import Renderer, sample_rng
@@ -177,3 +178,12 @@ def test_real_fraction_sets_the_share_of_real_images_an_epoch_draws(tmp_path):
     assert len(torch.cat(drawn)) == 4000 and 0.7 < torch.cat(drawn).float().mean() < 0.8
     with pytest.raises(CaptchaError, match="data.real_fraction=0: must be above 0"):
         CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), real_fraction=0)
+
+
+def test_the_test_split_stays_when_validation_is_dropped():
+    n = 200
+    train, val, test = split(n, 0.15, 3, test_fraction=0.2)
+    final_train, final_val, final_test = split(n, 0.0, 3, test_fraction=0.2)
+    assert (len(train), len(val), len(test)) == (130, 30, 40)
+    assert list(final_test) == list(test) and len(final_val) == 0  # final=true is tested on the same images
+    assert sorted([*final_train]) == sorted([*train, *val])  # and trains on what validation held

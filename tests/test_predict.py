@@ -12,6 +12,7 @@ from captcha_lit import CaptchaReader
 from captcha_lit.errors import CaptchaError
 from captcha_lit.export import export_ddddocr, export_onnx
 from captcha_lit.predict import predict
+from captcha_lit.reader import shifted
 from captcha_lit.train import train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, write_csv
@@ -105,8 +106,8 @@ def test_clear_errors(tmp_path, ckpts):
     data = make_folder(tmp_path / "val", {"task1": 3})
     with pytest.raises(CaptchaError, match="no such file"):
         run_predict(tmp_path, tmp_path / "missing.ckpt", data)
-    with pytest.raises(CaptchaError, match="two models for task1"):
-        run_predict(tmp_path, f"[{ckpts['task1']},{ckpts['task1']}]", data)
+    with pytest.raises(CaptchaError, match="cannot be averaged: their task, length, alphabet, width differ"):
+        CaptchaReader.ensemble([CaptchaReader.from_checkpoint(ckpts["task1"]), CaptchaReader.from_checkpoint(ckpts["task3"])])
     (data / "task1" / "00001.png").unlink()
     with pytest.raises(CaptchaError, match="00001.png: image not found"):
         run_predict(tmp_path, ckpts["task1"], data)
@@ -127,7 +128,7 @@ def test_onnx_gives_identical_predictions(tmp_path, ckpts):
     torch_reader = CaptchaReader.from_checkpoint(ckpts["task3"], precision="32")
     onnx_reader = CaptchaReader.from_onnx(onnx_path)
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    assert np.allclose(torch_reader.logits_fn(images), onnx_reader.logits_fn(images), atol=1e-4)
+    assert np.allclose(torch_reader.logits(images), onnx_reader.logits(images), atol=1e-4)
     assert torch_reader.read(paths) == onnx_reader.read(paths)
     # and through predict.py, an .onnx model stands in for its checkpoint
     run_predict(tmp_path, onnx_path, data)
@@ -171,7 +172,7 @@ def test_a_task_of_ones_own_end_to_end(tmp_path, ckpts):
     assert metrics["mine"]["n"] == 12
     onnx_reader = CaptchaReader.from_onnx(export_onnx(ckpts["mine"], tmp_path / "mine.onnx"))
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    assert np.allclose(reader.logits_fn(images), onnx_reader.logits_fn(images), atol=1e-4)
+    assert np.allclose(reader.logits(images), onnx_reader.logits(images), atol=1e-4)
     assert onnx_reader.read(paths) == reader.read(paths)
 
 
@@ -203,7 +204,7 @@ def test_ddddocr_loads_the_export_and_reads_the_same_strings(tmp_path, ckpts, na
     # the scores agree too: ddddocr's softmax at each character step is the reader's
     got = ocr.classification(paths[0].read_bytes(), probability=True)
     probs = np.asarray(got["probabilities"]).reshape(-1, len(got["charset"]))
-    logits = reader.logits_fn(np.asarray(Image.open(paths[0]).convert("RGB"))[None])[0]
+    logits = reader.logits(np.asarray(Image.open(paths[0]).convert("RGB"))[None])[0]
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     if name == "task3":  # character steps are every other step, and never the blank
@@ -230,13 +231,80 @@ def test_rows_pointing_outside_the_folder_are_refused(tmp_path, ckpts):
         run_predict(tmp_path, ckpts["task1"], data)
 
 
-def test_reading_with_an_onnx_model_imports_neither_torch_lightning_nor_the_renderer(tmp_path, ckpts):
-    onnx_path = export_onnx(ckpts["task1"], tmp_path / "task1.onnx")
+@pytest.mark.parametrize("kind, absent", [("onnx", "['captcha', 'hydra', 'pytorch_lightning', 'torch']"),
+                                           ("ckpt", "['captcha', 'hydra', 'pytorch_lightning']")])
+def test_reading_imports_neither_lightning_nor_the_renderer(tmp_path, ckpts, kind, absent):
+    model = export_onnx(ckpts["task1"], tmp_path / "task1.onnx") if kind == "onnx" else ckpts["task1"]
+    load = {"onnx": "CaptchaReader.from_onnx", "ckpt": "CaptchaReader.from_checkpoint"}[kind]
     image = sorted((make_folder(tmp_path / "d", {"task1": 2}) / "task1").glob("*.png"))[0]
-    code = (f"import sys; from captcha_lit import CaptchaReader; "
-            f"print(CaptchaReader.from_onnx({str(onnx_path)!r}).read({str(image)!r})); "
-            f"print(sorted(m for m in ('torch', 'pytorch_lightning', 'captcha', 'hydra') if m in sys.modules))")
+    code = (f"import sys; from captcha_lit import CaptchaReader; print({load}({str(model)!r}).read({str(image)!r})); "
+            f"print(sorted(m for m in ('torch', 'pytorch_lightning', 'captcha', 'hydra') if m not in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    reading, imported = result.stdout.splitlines()
-    assert reading == str(CaptchaReader.from_onnx(onnx_path).read([image])) and imported == "[]"
+    reading, not_imported = result.stdout.splitlines()
+    assert reading == str(CaptchaReader.from_onnx(model).read([image]) if kind == "onnx" else
+                          CaptchaReader.from_checkpoint(model).read([image]))
+    assert not_imported == absent
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_an_ensemble_averages_the_probabilities_of_its_models(tmp_path, ckpts):
+    data = make_folder(tmp_path / "d", {"task3": 12})
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "task3").glob("*.png"))])
+    other = tmp_path / "other.ckpt"  # the same task, other weights
+    train(compose_cfg("train", ["task=task3", "trainer=cpu", "trainer.max_steps=2", "test=false", "seed=7"] + TINY,
+                      tmp_path / "run"))
+    other = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    a, b = (CaptchaReader.from_checkpoint(c, precision="32") for c in (ckpts["task3"], other))
+    both = CaptchaReader.ensemble([a, b])
+    mean = (softmax(a.logits(images)) + softmax(b.logits(images))) / 2
+    assert np.allclose(np.exp(both.logits(images)), mean, atol=1e-5)
+    assert both.read(images) == ["".join(both.alphabet[i] for i in row) for row in mean.argmax(-1)]
+    # through predict.py: two checkpoints of one task in ckpt= are one averaged model
+    run_predict(tmp_path, f"[{ckpts['task3']},{other}]", data, precision=32)
+    assert [r[1] for r in read_rows(tmp_path / "submission.csv")[1:]] == both.read(images)
+
+
+def test_test_time_views_shift_zoom_and_average(ckpts):
+    image = np.zeros((1, 72, 72, 3), np.uint8)
+    image[0, 30, 40] = 255
+    assert shifted(image, 2, 0, 1.0)[0, 30, 42].all() and shifted(image, 0, -2, 1.0)[0, 28, 40].all()
+    assert shifted(image, 0, 0, 1.0).tobytes() == image.tobytes()
+    zoomed = np.argwhere(shifted(image, 0, 0, 1.5)[0, :, :, 0])  # the dot moves away from the centre
+    assert zoomed[:, 1].min() > 40 and zoomed[:, 0].max() < 30
+    reader = CaptchaReader.from_checkpoint(ckpts["task1"], precision="32", tta=3)
+    plain = CaptchaReader.from_checkpoint(ckpts["task1"], precision="32")
+    images = np.random.default_rng(0).integers(0, 256, (4, 72, 72, 3), dtype=np.uint8)
+    views = [images, shifted(images, 2, 0, 1.0), shifted(images, -2, 0, 1.0)]
+    mean = np.mean([softmax(plain.logits(v)) for v in views], 0)
+    assert np.allclose(np.exp(reader.logits(images)), mean, atol=1e-5)
+    with pytest.raises(CaptchaError, match="tta=0: must be a whole number from 1"):
+        CaptchaReader.from_checkpoint(ckpts["task1"], tta=0)
+
+
+def test_a_multirun_folder_gives_each_tasks_best_checkpoint(tmp_path, ckpts, capsys):
+    import shutil
+    sweep = tmp_path / "multirun"
+    for job, task in enumerate(("task2", "task1", "task3")):
+        (sweep / str(job) / "checkpoints").mkdir(parents=True)
+        shutil.copy(ckpts[task], sweep / str(job) / "checkpoints" / "best-epoch003-exact0.9000.ckpt")
+        shutil.copy(ckpts["task2"], sweep / str(job) / "checkpoints" / "last.ckpt")  # never taken over a best
+    (sweep / ".hydra").mkdir()  # the sweep's own files sit beside the jobs
+    data = make_folder(tmp_path / "test", {"task1": 4, "task2": 3, "task3": 2})
+    run_predict(tmp_path, sweep, data)
+    from_sweep = read_rows(tmp_path / "submission.csv")
+    assert "ckpt=" + str(sweep) + ": task3 from " + str(sweep / "2" / "checkpoints") in capsys.readouterr().out
+    run_predict(tmp_path, f"[{ckpts['task1']},{ckpts['task2']},{ckpts['task3']}]", data)
+    assert from_sweep == read_rows(tmp_path / "submission.csv")
+    # a final=true run has no best checkpoint: its last one is the model
+    (sweep / "1" / "checkpoints" / "best-epoch003-exact0.9000.ckpt").unlink()
+    shutil.copy(ckpts["task1"], sweep / "1" / "checkpoints" / "last.ckpt")
+    run_predict(tmp_path, sweep, data)
+    assert from_sweep == read_rows(tmp_path / "submission.csv")
+    shutil.copytree(sweep / "2", sweep / "3")
+    with pytest.raises(CaptchaError, match=r"both trained task3; name the checkpoints to use in ckpt=\[...\]"):
+        run_predict(tmp_path, sweep, data)

@@ -9,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -18,16 +19,18 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import captcha_lit.train
-from captcha_lit.checkpoint import AtomicCheckpointIO, load_module
+from captcha_lit.checkpoint import load_module
 from captcha_lit.datamodule import CaptchaDataModule
 from captcha_lit.datasets import split
-from captcha_lit.folders import read_labelled
-from captcha_lit.images import load_image
-from captcha_lit.tasks import preset
 from captcha_lit.errors import CaptchaError
 from captcha_lit.files import atomic_write_text
+from captcha_lit.folders import read_labelled
+from captcha_lit.generate import generate
+from captcha_lit.images import load_image
 from captcha_lit.module import CaptchaModule
-from captcha_lit.train import build, train
+from captcha_lit.predict import predict
+from captcha_lit.tasks import preset
+from captcha_lit.train import AtomicCheckpointIO, build, resume_config, train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, module_args
 
@@ -200,11 +203,21 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     (["data=folder", "data.root=/nope"], "data.root=/nope: no such folder; point it at a folder of labelled images"),
     (["data=folder"], "data=folder and data=mixed read a labelled folder: add data.root=PATH"),
     (["task=auto"], "task=auto infers the task from labelled images: add data=folder"),
-    (["data.batch_size=0"], "data.batch_size=0: must be at least 1"),
+    (["data.batch_size=0"], "data.batch_size=0: must be a whole number of at least 1"),
+    (["data.batch_size=abc"], "data.batch_size='abc': must be a whole number of at least 1"),
+    (["data.batch_size=12.5"], "data.batch_size=12.5: must be a whole number of at least 1"),
+    (["data.num_train=-5"], "data.num_train=-5: must be a whole number of at least 1"),
+    (["optimizer.lr=-0.001"], "optimizer.lr=-0.001: must be a number above 0"),
+    (["optimizer.lr=fast"], "optimizer.lr='fast': must be a number above 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be a whole number of at least 1"),
+    (["model.ema=1.5"], "model.ema=1.5: must be at least 0 and below 1"),
+    (["seed=x"], "seed='x': must be a whole number"),
+    (["data=folder", "data.root=.", "data.val_fraction=0"], r"data.val_fraction=0: must be above 0 and below 1 \(final=true"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ], ids=["length-0", "alphabet-repeats", "missing-folder", "no-folder-given", "auto-without-folder", "batch-size-0",
-       "no-gpu"])
+        "batch-size-text", "batch-size-fraction", "num-train-negative", "lr-negative", "lr-text", "epochs-0", "ema-1.5",
+        "seed-text", "val-fraction-0", "no-gpu"])
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")
@@ -405,3 +418,179 @@ def test_a_callback_or_logger_set_to_null_is_left_out(tmp_path):
                                        "callbacks.validation_images=null"], tmp_path)
     train(cfg)  # Lightning refuses a None among its callbacks
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---------------------------------------------------------------- outputs never land on inputs
+def test_prediction_output_that_is_an_input_is_refused_before_any_work(tmp_path):
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    data = make_folder(tmp_path / "d", {"task1": 3})
+    labels = (data / "annotations.csv").read_text()
+    for output, message in ((data / "annotations.csv", "that is one of the inputs"),
+                            (data / "task1" / "00000.png", "that is one of the inputs"),
+                            (tmp_path / "m.ckpt", "that is one of the inputs"),
+                            (data, "is a folder"), (tmp_path / "m.ckpt" / "s.csv", "not writable")):
+        cfg = compose_cfg("predict", [f"ckpt={tmp_path / 'm.ckpt'}", f"data_dir={data}", f"output={output}",
+                                      "progress=false"])
+        with pytest.raises(CaptchaError, match=f"output={output}: {message}"):
+            predict(cfg)
+    assert (data / "annotations.csv").read_text() == labels
+
+
+def test_export_onto_its_own_checkpoint_is_refused(tmp_path):
+    from captcha_lit.export import export_ddddocr, export_onnx
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    before = (tmp_path / "m.ckpt").read_bytes()
+    with pytest.raises(CaptchaError, match="that is the checkpoint being exported"):
+        export_onnx(tmp_path / "m.ckpt", tmp_path / "m.ckpt")
+    (tmp_path / "m.charsets.json").symlink_to(tmp_path / "m.ckpt")
+    with pytest.raises(CaptchaError, match="that is the checkpoint being exported"):
+        export_ddddocr(tmp_path / "m.ckpt", tmp_path / "m")
+    assert (tmp_path / "m.ckpt").read_bytes() == before
+
+
+def test_a_second_run_into_a_used_run_folder_is_refused(tmp_path):
+    overrides = TINY + ["trainer=cpu", "trainer.max_steps=1", "test=false"]
+    train(compose_cfg("train", overrides, tmp_path))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    config = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(CaptchaError, match="already holds a run's checkpoints: continue it with resume="):
+        train(compose_cfg("train", overrides + ["seed=1"], tmp_path))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
+    assert (tmp_path / "config.yaml").read_text() == config
+
+
+def test_generate_into_a_folder_with_images_is_refused(tmp_path):
+    make_folder(tmp_path / "d", {"task1": 2})
+    (tmp_path / "d" / "annotations.csv").unlink()
+    before = (tmp_path / "d" / "task1" / "00000.png").read_bytes()
+    with pytest.raises(CaptchaError, match="already holds images or an annotations.csv"):
+        generate(compose_cfg("generate", [f"out={tmp_path / 'd'}", "num.task1=2", "num.task2=0", "num.task3=0"]))
+    assert (tmp_path / "d" / "task1" / "00000.png").read_bytes() == before
+    with pytest.raises(CaptchaError, match=r"num.task1='many': must be a whole number"):
+        generate(compose_cfg("generate", [f"out={tmp_path / 'e'}", "num.task1=many"]))
+
+
+# ---------------------------------------------------------------- resume runs only what this project names
+def resumable_run(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg("train", TINY + ["trainer=cpu", "trainer.max_epochs=1", "test=false"], run))
+    return run
+
+
+def test_resume_refuses_foreign_targets_and_unsafe_overrides_and_applies_safe_ones(tmp_path):
+    run = resumable_run(tmp_path)
+    cfg = compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2", "trainer.devices=1"])
+    resumed = resume_config(cfg, [f"resume={run}", "trainer.max_epochs=2", "trainer.devices=1"])
+    assert (resumed.trainer.max_epochs, resumed.trainer.devices, resumed.ckpt_path) == \
+        (2, 1, str(run / "checkpoints" / "last.ckpt"))
+    with pytest.raises(CaptchaError, match=r"data.batch_size, optimizer.lr cannot change \(only trainer.devices"):
+        resume_config(cfg, [f"resume={run}", "data.batch_size=8", "optimizer.lr=1", "trainer.max_epochs=2"])
+
+    saved = OmegaConf.load(run / "config.yaml")
+    saved.optimizer._target_ = "torch.hub.load"  # what a shared run folder could smuggle in
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(CaptchaError, match="refused: it names torch.hub.load, which captcha-lit's configs never do"):
+        resume_config(cfg)
+
+
+def test_resume_from_a_truncated_last_checkpoint_is_one_line(tmp_path):
+    run = resumable_run(tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CaptchaError, match="last.ckpt: not a readable checkpoint"):
+        resume_config(compose_cfg("train", [f"resume={run}"]))
+
+
+# ---------------------------------------------------------------- broken exports and caches
+def test_broken_onnx_files_and_contracts_are_one_line(tmp_path):
+    from captcha_lit import CaptchaReader
+    from captcha_lit.export import export_onnx
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    onnx = export_onnx(tmp_path / "m.ckpt", tmp_path / "m.onnx")
+    contract = tmp_path / "m.onnx.json"
+    good = contract.read_text()
+    contract.write_text(good[: len(good) // 2])
+    with pytest.raises(CaptchaError, match="m.onnx.json: not a captcha-lit export contract"):
+        CaptchaReader.from_onnx(onnx)
+    contract.write_text(good.replace('"width": 72', '"width": 96'))  # another task's contract
+    with pytest.raises(CaptchaError, match=r"the graph takes \[72, 72\] .* says 96x72: they belong to different"):
+        CaptchaReader.from_onnx(onnx)
+    contract.write_text(good)
+    onnx.write_bytes(onnx.read_bytes()[:500])
+    with pytest.raises(CaptchaError, match="m.onnx: not a loadable ONNX model"):
+        CaptchaReader.from_onnx(onnx)
+
+
+def test_a_truncated_cache_file_is_one_line(tmp_path):
+    dm = lambda: CaptchaDataModule(preset("task1").config(), num_train=40, num_val=8, num_workers=0,  # noqa: E731
+                                   cache_dir=str(tmp_path))
+    dm().setup()
+    victim = sorted(tmp_path.glob("*-images.npy"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(CaptchaError, match="a broken cache file .* delete"):
+        dm().setup()
+
+
+# ---------------------------------------------------------------- Ctrl-C
+def interrupt_when(cmd, cwd, marker, timeout=120):
+    """Starts cmd, sends one SIGINT once `marker` appears on its stderr (or, for a path, once that
+    file exists), and returns (exit code, stderr, seconds from the signal to the exit)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = []
+    reader = threading.Thread(target=lambda: [seen.append(c) for c in iter(lambda: proc.stderr.read(1), b"")],
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    ready = marker.exists if isinstance(marker, pathlib.Path) else lambda: marker.encode() in b"".join(seen)
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted: " + b"".join(seen).decode()[-2000:]
+    time.sleep(0.5)  # well inside the work
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    elapsed = time.monotonic() - sent
+    reader.join(5)
+    return code, b"".join(seen).decode(errors="replace"), elapsed
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_prediction_with_one_line(tmp_path):
+    module = CaptchaModule(**module_args("task1"))  # the report's network: slow enough to interrupt
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, tmp_path / "m.ckpt")
+    data = make_folder(tmp_path / "d", {"task1": 1})
+    (data / "annotations.csv").unlink()
+    png = (data / "task1" / "00000.png").read_bytes()
+    for i in range(1, 3000):
+        (data / "task1" / f"{i:05d}.png").write_bytes(png)
+    cmd = [sys.executable, str(ROOT / "predict.py"), f"ckpt={tmp_path / 'm.ckpt'}", f"data_dir={data}",
+           "output=out.csv", "batch_size=16", "num_workers=2", "precision=32"]
+    code, stderr, seconds = interrupt_when(cmd, tmp_path, "reading task1")
+    assert code == 130 and seconds < 15, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m.ckpt"]  # no output, no temporary file
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_generate_and_takes_back_its_images(tmp_path):
+    cmd = [sys.executable, "-m", "captcha_lit.generate", f"out={tmp_path / 'g'}", "num.task1=20000", "num.task2=0",
+           "num.task3=0", "num_workers=2"]
+    code, stderr, seconds = interrupt_when(cmd, tmp_path, "writing")
+    assert code == 130 and seconds < 15, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
+    assert [p for p in (tmp_path / "g").rglob("*") if p.is_file()] == []  # no images, no annotations, no temp files
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_training_with_one_line_and_resumable_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run}", "trainer=cpu"] + TINY + \
+        ["trainer.max_epochs=50", "data.num_train=2000"]
+    code, stderr, seconds = interrupt_when(cmd, tmp_path, run / "checkpoints" / "last.ckpt")  # in the second epoch
+    assert code == 130 and seconds < 15, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the first epoch's, intact
+    assert not list((run / "checkpoints").glob(".*.tmp"))

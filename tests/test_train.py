@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -6,9 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 from captcha_lit.checkpoint import load_module
+from captcha_lit.module import CaptchaModule
 from captcha_lit.train import train
 
-from tests.helpers import ROOT, TINY, compose_cfg, make_named_folder
+from tests.helpers import ROOT, TINY, compose_cfg, make_named_folder, module_args
 
 
 @pytest.mark.parametrize("task", ["task1", "task2", "task3"])
@@ -79,16 +81,28 @@ def test_ddp_with_two_cpu_processes(tmp_path):
 
 
 def test_weight_average_is_what_evaluates_and_survives_the_checkpoint(tmp_path):
-    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_steps=6", "model.ema=0.5", "test=false"] + TINY, tmp_path)
+    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_steps=6", "model.ema=0.999", "test=false"] + TINY, tmp_path)
     train(cfg)
     module = load_module(tmp_path / "checkpoints" / "last.ckpt")
-    assert int(module.ema_net.n_averaged) == 6  # one update per optimiser step
     assert not any(p.requires_grad for p in module.ema_net.parameters())  # never trained directly
     images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8)
     with torch.no_grad():
-        x = (images.float() / 255 - 0.5) / 0.5
-        assert torch.equal(module(images), module.ema_net.module(x.contiguous(memory_format=torch.channels_last)))
+        x = ((images.float() / 255 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(module(images), module.ema_net(x))
         assert not torch.allclose(module(images), module.net(x))  # the average, not the last weights
+
+
+def test_weight_average_warms_up_from_the_current_weights():
+    module = CaptchaModule(**module_args("task1"), ema=0.999)
+    start = module.ema_net.stem[0].weight.clone()
+    with torch.no_grad():
+        module.net.stem[0].weight.add_(1.0)
+    module.update_ema(0)  # decay (1 + 0) / (10 + 0) = 0.1: mostly the current weights
+    assert torch.allclose(module.ema_net.stem[0].weight, 0.1 * start + 0.9 * (start + 1), atol=1e-6)
+    module.update_ema(10**6)  # late in training the decay is the configured 0.999
+    before = module.ema_net.stem[0].weight.clone()
+    module.update_ema(10**6)
+    assert torch.allclose(module.ema_net.stem[0].weight, before + 0.001 * (start + 1 - before), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -127,3 +141,19 @@ def test_ctc_accuracy_rises_on_variable_length_captchas(tmp_path):
                  "test=false", "optimizer.lr=2e-3"]
     score = train(compose_cfg("train", overrides, tmp_path))
     assert score > 0.5
+
+
+def test_final_training_uses_every_image_but_the_test_split_and_keeps_the_last_checkpoint(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    data = make_named_folder(tmp_path / "mine", 60, length=4, alphabet="0123456789", width=96, height=40)
+    overrides = TINY + ["task=auto", "data=folder", f"data.root={data}", "data.test_fraction=0.25", "final=true",
+                        "trainer=cpu", "trainer.max_epochs=2", "model.strides=[1,2,2,[2,1]]", "model.head=ctc"]
+    score = train(compose_cfg("train", overrides, tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "45 real + 0 rendered training images (45 an epoch), 0 validation, 15 test" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.data.val_fraction == 0 and saved.callbacks.model_checkpoint is None
+    metrics = dict(item.split("=") for item in out.split("final metrics: ")[1].splitlines()[0].split(", "))
+    assert "val/exact_match" not in metrics and score == pytest.approx(float(metrics["test/exact_match"]), abs=1e-4)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
