@@ -3,7 +3,7 @@
     python bench/predict_throughput.py --data ../shared/captcha-hacker-2022 --ckpt T1.ckpt T2.ckpt T3.ckpt
                                        [--old REV] [--rounds 2]
 
-1. The models alone. Every variant reads every labelled image of each task from memory (decoded
+1. The models alone. Every variant reads --n labelled images of each task from memory (decoded
    once, untimed), rounds alternating the variants. Per variant and task: images/s, agreement
    with fp32 eager (the training module in fp32: the reference) and exact match against the
    labels; then the time the competition's mix (6,500 task1, 2,500 task2, 1,000 task3) takes.
@@ -13,9 +13,10 @@
      fp32        this tree's reader with precision=32: BatchNorm folded, channels-last
      bf16        this tree's default (precision=auto on a bf16 CPU): bf16 weights, channels-last
      onnx        the exported model in onnxruntime (fp32)
+     onnx-int8   the exported model quantised to int8 (captcha-export --int8), in onnxruntime
 2. End to end. A competition-style folder of 10,000 PNGs (the real mix of tasks and sizes, drawn
    with repetition from the labelled images) and its sample_submission.csv; `python predict.py`
-   is timed on it, start-up included: this tree's default and precision=32, and, with --old REV,
+   is timed on it, start-up included: this tree's default, precision=32 and the int8 exports, and, with --old REV,
    the predict.py of git revision REV (checked out into a temporary worktree), alternating.
    The last line is `predict 10k: S s` (this tree's default, median).
 """
@@ -48,15 +49,18 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--data", default=str(ROOT.parent / "shared" / "captcha-hacker-2022"))
 parser.add_argument("--ckpt", nargs=3, required=True, help="task1, task2 and task3 checkpoints")
 parser.add_argument("--rounds", type=int, default=2)
-parser.add_argument("--batch", type=int, default=256)
+parser.add_argument("--n", type=int, default=1024, help="labelled images per task in the models-alone part")
+parser.add_argument("--batch", type=int, default=32, help="the reader's batch size (predict.yaml's default)")
 parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's")
 parser.add_argument("--skip-models", action="store_true", help="only the end-to-end runs")
+parser.add_argument("--scale", type=float, default=1.0, help="end-to-end folder size as a share of 10,000 (a quick check)")
 args = parser.parse_args()
 tmp = Path(tempfile.mkdtemp(prefix="captcha-predict-bench-"))
 
 
 def module_reader(path, autocast: bool) -> CaptchaReader:
-    """A reader on the training module (BatchNorm not folded), in fp32 or under bf16 autocast."""
+    """A reader on the training module (BatchNorm not folded), in fp32 or under bf16 autocast,
+    at the batch size predict.py used before (256)."""
     module = load_module(path)
     dtype = torch.bfloat16 if autocast and cpu_has_bf16() else None
 
@@ -67,7 +71,7 @@ def module_reader(path, autocast: bool) -> CaptchaReader:
 
     hp = module.hparams
     return CaptchaReader(logits_fn, hp.task, hp.length, hp.alphabet, hp.width, hp.height, hp.head, hp.lowercase,
-                         batch_size=args.batch)
+                         batch_size=256)
 
 
 ckpts = dict(zip(MIX, args.ckpt))
@@ -77,7 +81,8 @@ print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {cpu_has_
       + ", ".join(f"{t} {len(v)}" for t, v in items.items()))
 
 if not args.skip_models:
-    arrays = {t: np.stack([load_image(p, preset(t).width, preset(t).height) for p, _ in v]) for t, v in items.items()}
+    sample = {t: v[:: max(1, len(v) // args.n)][:args.n] for t, v in items.items()}  # spread over the folder
+    arrays = {t: np.stack([load_image(p, preset(t).width, preset(t).height) for p, _ in v]) for t, v in sample.items()}
     variants = {
         "eager-fp32": lambda c: module_reader(c, autocast=False),
         "today": lambda c: module_reader(c, autocast=True),
@@ -85,7 +90,11 @@ if not args.skip_models:
         "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="auto", batch_size=args.batch),
         "onnx": lambda c: CaptchaReader.from_onnx(export_onnx(c, tmp / f"{Path(c).stem}-{len(os.listdir(tmp))}.onnx"),
                                                   batch_size=args.batch),
+        "onnx-int8": lambda c: CaptchaReader.from_onnx(int8[c], batch_size=args.batch),
     }
+    # int8 models calibrated on 256 images spread over each task's labelled images (which the
+    # agreement below also counts: 256 of 1,554-2,408)
+    int8 = {c: export_onnx(c, tmp / f"{t}-int8.onnx", int8_images=args.data) for t, c in ckpts.items()}
     readers = {(v, t): make(ckpts[t]) for v, make in variants.items() for t in MIX}
     for r in readers.values():
         r.read(arrays["task1"][:16] if r.width == 72 else arrays["task3"][:16])  # warm-up: kernels are built
@@ -98,23 +107,23 @@ if not args.skip_models:
             seconds[key].append(time.perf_counter() - t0)
     print(f"\n{'variant':<11}" + "".join(f"{t + ' img/s':>13}{'agree':>8}{'exact':>8}" for t in MIX)
           + f"{'10k mix s':>11}{'vs today':>9}")
-    mix = {}
+    # seconds for the competition's mix: each task's count at that task's measured rate
+    mix = {v: sum(n * statistics.median(seconds[v, t]) / len(sample[t]) for t, n in MIX.items()) for v in variants}
     for v in variants:
         row = f"{v:<11}"
         for t in MIX:
-            s = statistics.median(seconds[v, t])
-            labels = [label for _, label in items[t]]
+            labels = [label for _, label in sample[t]]
             agree = np.mean([a == b for a, b in zip(strings[v, t], strings["eager-fp32", t])])
             exact = np.mean([a == b for a, b in zip(strings[v, t], labels)])
-            row += f"{len(labels) / s:>13.0f}{agree:>8.4f}{exact:>8.4f}"
-        mix[v] = sum(n * statistics.median(seconds[v, t]) / len(items[t]) for t, n in MIX.items())
-        print(row + f"{mix[v]:>11.1f}{mix['today'] / mix[v] if 'today' in mix else 1:>8.2f}x")
+            row += f"{len(labels) / statistics.median(seconds[v, t]):>13.0f}{agree:>8.4f}{exact:>8.4f}"
+        print(row + f"{mix[v]:>11.1f}{mix['today'] / mix[v]:>8.2f}x")
 
 # ---------------------------------------------------------------- end to end, start-up included
 test = tmp / "test"
 rng = np.random.default_rng(0)
 rows = []
 for task, n in MIX.items():
+    n = round(n * args.scale)
     (test / task).mkdir(parents=True)
     for i, j in enumerate(rng.integers(0, len(items[task]), n)):
         shutil.copy(items[task][j][0], test / task / f"{i:05d}.png")
@@ -123,7 +132,9 @@ rows = [rows[i] for i in rng.permutation(len(rows))]  # tasks interleaved, as in
 with open(test / "sample_submission.csv", "w", newline="") as f:
     csv.writer(f).writerows([["filename", "label"]] + rows)
 
-runs = {"default": (ROOT, []), "precision=32": (ROOT, ["precision=32"])}
+int8_models = [export_onnx(c, tmp / f"e2e-{t}-int8.onnx", int8_images=args.data) for t, c in ckpts.items()]
+runs = {"default": (ROOT, []), "precision=32": (ROOT, ["precision=32"]),
+        "int8 onnx": (ROOT, ["ckpt=[" + ",".join(map(str, int8_models)) + "]"])}
 if args.old:
     old = tmp / "old"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
@@ -139,18 +150,19 @@ try:
             env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own captcha_lit package
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "predict.py", f"ckpt={ckpt_list}", f"data_dir={test}", f"output={out}",
-                            "progress=false"] + extra, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+                            "progress=false"] + extra, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # a later ckpt= wins
             wall[name].append(time.perf_counter() - t0)
             outputs[name] = out.read_text()
 finally:
     if args.old:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
 base = outputs["precision=32"].splitlines()
-print("\npython predict.py on 10,000 PNGs (6,500 task1, 2,500 task2, 1,000 task3), start-up included:")
+print(f"\npython predict.py on {len(rows):,} PNGs ({', '.join(f'{round(n * args.scale):,} {t}' for t, n in MIX.items())}), "
+      f"start-up included:")
 for name in runs:
     same = np.mean([a == b for a, b in zip(outputs[name].splitlines()[1:], base[1:])])
     ratio = statistics.median(wall[next(iter(runs))]) / statistics.median(wall[name])
     print(f"  {name:<22} median {statistics.median(wall[name]):6.1f} s of {['%.1f' % w for w in wall[name]]}, "
           f"rows as precision=32: {same:.4f}, default is {1 / ratio:.2f}x as fast")
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"predict 10k: {statistics.median(wall['default']):.1f} s")
+print(f"predict {len(rows) / 1000:g}k: {statistics.median(wall['default']):.1f} s")

@@ -26,10 +26,13 @@ class CaptchaDataModule(pl.LightningDataModule):
     `real_fraction` (None: in proportion to their numbers) is the share of real images an epoch
     draws. Validation and test stay real. `epoch_size` fixes how many training images an epoch draws
     (reshuffled, repeating the set as often as it takes), so a recipe costs the same for 300
-    images as for 3,000; None: each training image once."""
+    images as for 3,000; None: each training image once. `epoch_pixels` sets it instead as a
+    pixel budget (epoch_size = epoch_pixels / (width * height)), so the cost is the same whatever
+    the image size too."""
 
     def __init__(self, task, root: str | None = None, num_train: int = 20000, num_val: int = 1000,
                  synthetic_ratio: float = 0.0, real_fraction: float | None = None, epoch_size: int | None = None,
+                 epoch_pixels: int | None = None,
                  val_fraction: float = 0.15,
                  test_fraction: float = 0.0, batch_size: int = 128, seed: int = 0, materialize: bool = True,
                  cache_dir: str | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
@@ -41,6 +44,10 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.root, self.num_train, self.num_val = root, num_train, num_val
         if epoch_size is not None and epoch_size < 1:
             raise CaptchaError(f"data.epoch_size={epoch_size}: must be at least 1 (or null: each image once)")
+        if epoch_pixels is not None:
+            if epoch_size is not None:
+                raise CaptchaError("data.epoch_size and data.epoch_pixels both set: give one (the other null)")
+            epoch_size = max(1, round(epoch_pixels / (self.task.width * self.task.height)))
         if real_fraction is not None and not 0 < real_fraction <= 1:
             raise CaptchaError(f"data.real_fraction={real_fraction}: must be above 0 and at most 1 (or null)")
         self.synthetic_ratio, self.real_fraction, self.epoch_size = synthetic_ratio, real_fraction, epoch_size

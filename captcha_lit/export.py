@@ -3,6 +3,7 @@ for the ddddocr package.
 
     python -m captcha_lit.export CHECKPOINT [OUTPUT.onnx]              (or: captcha-export ...)
     python -m captcha_lit.export CHECKPOINT OUT --format ddddocr        -> OUT.onnx, OUT.charsets.json
+    python -m captcha_lit.export CHECKPOINT OUT.onnx --int8 IMAGES      -> an int8 model calibrated on IMAGES
 
 captcha-lit's graph takes uint8 (B, 3, height, width) images and returns the model's logits;
 scaling and normalisation are inside it. The contract (task, length, alphabet, size, head,
@@ -14,9 +15,10 @@ step between its positions (2N - 1 steps), so that "f99f" is not merged into "f9
 """
 import argparse
 import json
-import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +26,7 @@ from .checkpoint import load_network
 from .cli import run_reporting
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
+from .images import IMAGE_SUFFIXES, load_image
 
 LARGE = 1e4  # a logit no softmax step can compete with
 
@@ -46,12 +49,56 @@ def _refuse_overwriting_input(ckpt, output: Path) -> None:
         raise CaptchaError(f"{output}: its folder {output.parent} does not exist")
 
 
-def export_onnx(ckpt, output=None) -> Path:
+def calibration_images(folder, task: str, width: int, height: int, count: int = 256) -> np.ndarray:
+    """Up to `count` images spread over `folder` (its `task` subfolder when it has one), as a
+    uint8 (N, 3, height, width) array."""
+    folder = Path(folder)
+    folder = folder / task if (folder / task).is_dir() else folder
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise CaptchaError(f"--int8 {folder}: no images to calibrate on; give a folder of the task's images")
+    paths = paths[:: max(1, len(paths) // count)][:count]
+    return np.stack([load_image(p, width, height) for p in paths]).transpose(0, 3, 1, 2)
+
+
+def quantize_int8(fp32: Path, output: Path, images: np.ndarray) -> None:
+    """A static int8 (QDQ) copy of an exported model: per-channel int8 weights, uint8 activations
+    whose ranges are measured on `images`. onnxruntime runs it with the CPU's int8 dot products
+    (VNNI), about twice its bf16 speed here; its agreement with fp32 is measured in
+    bench/predict_throughput.py."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": images[i:i + 32]} for i in range(0, len(images), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(output) as out:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))  # shapes inferred and the graph simplified, as advised
+        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def export_onnx(ckpt, output=None, int8_images=None) -> Path:
+    """OUTPUT.onnx and its contract OUTPUT.onnx.json; with int8_images (a folder), an int8 model
+    calibrated on up to 256 of its images."""
     hp, net = load_network(ckpt)
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
     _refuse_overwriting_input(ckpt, output)
-    _to_onnx(net, torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8), output, dynamic_batch=True)
+    example = torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8)
+    if int8_images is None:
+        _to_onnx(net, example, output, dynamic_batch=True)
+    else:
+        images = calibration_images(int8_images, hp["task"], hp["width"], hp["height"])
+        with tempfile.TemporaryDirectory() as tmp:
+            _to_onnx(net, example, Path(tmp) / "fp32.onnx", dynamic_batch=True)
+            quantize_int8(Path(tmp) / "fp32.onnx", output, images)
     contract = {key: hp[key] for key in ("task", "length", "alphabet", "width", "height", "head", "lowercase")}
+    contract["precision"] = "fp32" if int8_images is None else "int8"
     contract.update(mean=list(hp["mean"]), std=list(hp["std"]), input="uint8 (batch, 3, height, width) RGB",
                     output="logits (batch, steps, classes): positions: argmax per step indexes the alphabet; "
                            "ctc: class 0 is the blank, class i is alphabet[i - 1], merge repeats")
@@ -99,11 +146,13 @@ def main(argv=None):
     parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint)")
     parser.add_argument("--format", choices=("onnx", "ddddocr"), default="onnx",
                         help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json")
+    parser.add_argument("--int8", metavar="DIR", help="onnx: an int8 model, calibrated on up to 256 images of DIR "
+                                                      "(or of DIR/TASK): about twice as fast on CPUs with VNNI")
     args = parser.parse_args(argv)
     if args.format == "ddddocr":
         print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
     else:
-        print(run_reporting(export_onnx, args.ckpt, args.output))
+        print(run_reporting(export_onnx, args.ckpt, args.output, args.int8))
 
 if __name__ == "__main__":
     main()

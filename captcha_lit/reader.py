@@ -75,7 +75,7 @@ class CaptchaReader:
     over `tta` test-time views. Build it with from_checkpoint(), from_onnx() or ensemble()."""
 
     def __init__(self, logits_fn, task: str, length, alphabet: str, width: int, height: int, head: str = "positions",
-                 lowercase: bool = False, batch_size: int = 256, num_workers: int = 0, source: str = "", tta: int = 1):
+                 lowercase: bool = False, batch_size: int = 32, num_workers: int = 0, source: str = "", tta: int = 1):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise CaptchaError(f"batch_size={batch_size!r}: must be a whole number of at least 1")
         if not isinstance(num_workers, int) or num_workers < 0:

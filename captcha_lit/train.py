@@ -70,6 +70,7 @@ SETTINGS = [
     ("data.num_train", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
     ("data.num_val", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
     ("data.epoch_size", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
+    ("data.epoch_pixels", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
     ("data.synthetic_ratio", lambda v: _number(v) and v >= 0, "a number of at least 0"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "above 0 and below 1 (final=true trains without it)"),
     ("data.test_fraction", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),

@@ -187,3 +187,16 @@ def test_the_test_split_stays_when_validation_is_dropped():
     assert (len(train), len(val), len(test)) == (130, 30, 40)
     assert list(final_test) == list(test) and len(final_val) == 0  # final=true is tested on the same images
     assert sorted([*final_train]) == sorted([*train, *val])  # and trains on what validation held
+
+
+def test_an_epoch_pixel_budget_draws_fewer_images_of_larger_sizes(tmp_path):
+    root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
+    sizes = {}
+    for width, height in ((100, 40), (200, 40)):
+        dm = CaptchaDataModule(Task("d", 4, DIGITS, width, height).config(), root=str(root), num_workers=0,
+                               val_fraction=0.2, epoch_pixels=100 * 40 * 30)
+        dm.setup("fit")
+        sizes[width] = sum(len(batch[0]) for batch in dm.train_dataloader())
+    assert sizes == {100: 30, 200: 15}
+    with pytest.raises(CaptchaError, match="data.epoch_size and data.epoch_pixels both set"):
+        CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), epoch_size=5, epoch_pixels=10)

@@ -308,3 +308,17 @@ def test_a_multirun_folder_gives_each_tasks_best_checkpoint(tmp_path, ckpts, cap
     shutil.copytree(sweep / "2", sweep / "3")
     with pytest.raises(CaptchaError, match=r"both trained task3; name the checkpoints to use in ckpt=\[...\]"):
         run_predict(tmp_path, sweep, data)
+
+
+def test_an_int8_export_is_calibrated_on_the_tasks_images_and_stays_close_to_fp32(tmp_path, ckpts):
+    data = make_folder(tmp_path / "d", {"task1": 40, "task3": 40})
+    fp32 = CaptchaReader.from_onnx(export_onnx(ckpts["task3"], tmp_path / "f.onnx"))
+    int8_path = export_onnx(ckpts["task3"], tmp_path / "q.onnx", int8_images=data)  # calibrates on d/task3
+    int8 = CaptchaReader.from_onnx(int8_path)
+    assert json.loads((tmp_path / "q.onnx.json").read_text())["precision"] == "int8"
+    assert int8_path.stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size  # int8 weights
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "task3").glob("*.png"))])
+    a, b = fp32.logits(images).ravel(), int8.logits(images).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.98 and not np.allclose(a, b, atol=1e-4)  # close, but really quantised
+    with pytest.raises(CaptchaError, match="no images to calibrate on"):
+        export_onnx(ckpts["task3"], tmp_path / "e.onnx", int8_images=tmp_path / "empty")
