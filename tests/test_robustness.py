@@ -535,7 +535,10 @@ def test_a_truncated_cache_file_is_one_line(tmp_path):
 def interrupt_when(cmd, cwd, marker, timeout=120):
     """Starts cmd, sends one SIGINT once `marker` appears on its stderr (or, for a path, once that
     file exists), and returns (exit code, stderr, seconds from the signal to the exit)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # SIGINT back to its default in the child: a shell that starts this suite in the background
+    # hands it SIGINT ignored, and Python keeps an inherited ignore (no KeyboardInterrupt)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     reader = threading.Thread(target=lambda: [seen.append(c) for c in iter(lambda: proc.stderr.read(1), b"")],
                               daemon=True)
