@@ -68,9 +68,11 @@ def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, 
 
 def check_output(output: Path, data_dir: Path, names: list[str], ckpts) -> None:
     """Refuse, before any work, an output that would replace an input or cannot be written."""
-    inputs = {data_dir / n for n in names} | {data_dir / "annotations.csv", data_dir / "sample_submission.csv"}
-    inputs |= {Path(c) for c in ckpts}
-    if output.resolve() in {p.resolve() for p in inputs if p.exists()}:
+    target, root = output.resolve(), data_dir.resolve()
+    files = [data_dir / "annotations.csv", data_dir / "sample_submission.csv", *map(Path, ckpts)]
+    # an image row: compared by name, without resolving every row again (list_inputs did)
+    is_image = target.is_relative_to(root) and str(target.relative_to(root)) in {os.path.normpath(n) for n in names}
+    if is_image or target in {p.resolve() for p in files}:
         raise CaptchaError(f"output={output}: that is one of the inputs; choose another file name")
     if output.is_dir():
         raise CaptchaError(f"output={output}: is a folder; give the CSV file's name")

@@ -159,7 +159,8 @@ class CaptchaReader:
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 images -> (B, steps, classes) logits; with several models or views, the
         log of their mean probabilities."""
-        outputs = [fn(shifted(images, *v) if v != VIEWS[0] else images) for v in VIEWS[:self.tta] for fn in self.logits_fns]
+        views = [images] + [shifted(images, *v) for v in VIEWS[1:self.tta]]  # each view made once, for every model
+        outputs = [fn(view) for view in views for fn in self.logits_fns]
         if any(o.shape != outputs[0].shape for o in outputs):
             raise CaptchaError(f"{self.source}: the models give outputs of different shapes and cannot be averaged")
         return outputs[0] if len(outputs) == 1 else log_mean_softmax(outputs)

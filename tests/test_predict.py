@@ -255,10 +255,9 @@ def softmax(x):
 def test_an_ensemble_averages_the_probabilities_of_its_models(tmp_path, ckpts):
     data = make_folder(tmp_path / "d", {"task3": 12})
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "task3").glob("*.png"))])
-    other = tmp_path / "other.ckpt"  # the same task, other weights
     train(compose_cfg("train", ["task=task3", "trainer=cpu", "trainer.max_steps=2", "test=false", "seed=7"] + TINY,
                       tmp_path / "run"))
-    other = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    other = str(tmp_path / "run" / "checkpoints" / "last.ckpt")  # the same task, other weights
     a, b = (CaptchaReader.from_checkpoint(c, precision="32") for c in (ckpts["task3"], other))
     both = CaptchaReader.ensemble([a, b])
     mean = (softmax(a.logits(images)) + softmax(b.logits(images))) / 2
