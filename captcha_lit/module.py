@@ -36,6 +36,15 @@ def greedy_decode(logits: torch.Tensor, head: str) -> torch.Tensor:
     return out
 
 
+def low_res_size(width: int, height: int, low_res: float, strides, min_columns: int) -> tuple[int, int]:
+    """(height, width) of the images trained on with model.low_res: that fraction of each side,
+    but never so narrow that the network leaves fewer than min_columns columns (CTC needs 2N-1)."""
+    w = round(width * low_res)
+    while w < width and output_width(w, strides) < min_columns:
+        w += 1
+    return round(height * low_res), w
+
+
 class CaptchaModule(pl.LightningModule):
     """Reads `length` characters of `alphabet` from uint8 (B, 3, height, width) images.
 
@@ -49,7 +58,7 @@ class CaptchaModule(pl.LightningModule):
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # maps [0, 1] pixels to [-1, 1]
                  widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2, columns: int = 0,
                  label_smoothing: float = 0.0, augment: float = 0.0, ema: float = 0.0, channels_last: bool = True,
-                 optimizer=None, scheduler=None):
+                 low_res: float = 1.0, low_res_until: float = 0.75, optimizer=None, scheduler=None):
         super().__init__()
         check_alphabet(alphabet)
         lo, hi = length_range(length)
@@ -58,11 +67,15 @@ class CaptchaModule(pl.LightningModule):
         if head == "positions" and lo != hi:
             raise CaptchaError(f"model.head=positions reads a fixed number of characters, but task {task} has "
                                f"{lo} to {hi}: use model.head=ctc")
+        if not 0.25 <= low_res <= 1 or not 0 <= low_res_until <= 1:
+            raise CaptchaError(f"model.low_res={low_res}, model.low_res_until={low_res_until}: low_res must be "
+                               f"from 0.25 to 1 (1: full size throughout), low_res_until from 0 to 1")
         steps = output_width(width, strides)
         if head == "ctc" and steps < 2 * hi - 1:  # a blank step must fit between two equal characters
             raise CaptchaError(f"model.head=ctc: {width}-pixel wide images give {steps} columns, too few for "
                                f"{hi} characters (needs {2 * hi - 1}); use wider images or smaller model.strides")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.low_res_size = low_res_size(width, height, low_res, strides, 2 * hi - 1 if head == "ctc" else 1)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = ResNet(hi, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage, columns, head)
         # NHWC convolutions: much faster with mixed precision on CPU and GPU. Not for stems
@@ -95,15 +108,17 @@ class CaptchaModule(pl.LightningModule):
         net = self.net if self.training or self.ema_net is None else self.ema_net
         return net(x)
 
-    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+    def augmented(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Random small rotations, shifts and scalings of a uint8 batch, on its device; `augment`
-        scales their strength (1.0: up to 6 degrees, 6 % shift, 8 % zoom)."""
-        s, b = self.hparams.augment, images.shape[0]
+        scales their strength (1.0: up to 6 degrees, 6 % shift, 8 % zoom; 0: none). `size`
+        (height, width) resamples the result to that size in the same pass."""
+        s, (b, c, h, w) = self.hparams.augment, images.shape
+        h, w = size or (h, w)
         u = lambda: torch.rand(b, device=images.device) * 2 - 1  # uniform in [-1, 1] per image
         angle, zoom = u() * s * 0.105, 1 + u() * s * 0.08
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, u() * s * 0.12], 1), torch.stack([sin, cos, u() * s * 0.12], 1)], 1)
-        grid = F.affine_grid(theta, images.shape, align_corners=False)
+        grid = F.affine_grid(theta, (b, c, h, w), align_corners=False)
         out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         return out.round().clamp(0, 255).to(torch.uint8)
 
@@ -138,8 +153,12 @@ class CaptchaModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        if self.hparams.augment > 0:
-            batch = (self.augmented(batch[0]), batch[1])
+        # low_res < 1: the first low_res_until of the steps train on smaller images, which cost
+        # low_res^2 of the compute (the network pools globally, so any size fits); the rest at full
+        # size, where the model is validated and used
+        low = self.hparams.low_res < 1 and self.global_step < self.hparams.low_res_until * self.trainer.estimated_stepping_batches
+        if self.hparams.augment > 0 or low:
+            batch = (self.augmented(batch[0], self.low_res_size if low else None), batch[1])
         return self._step(batch, "train")
 
     @torch.no_grad()

@@ -180,10 +180,11 @@ def final_training(cfg: DictConfig) -> None:
         cfg.callbacks.model_checkpoint = None
 
 
-def train(cfg: DictConfig, overrides=()) -> float:
+def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     """Fits the model, tests the best checkpoint, and returns the best val/exact_match
     (the value a Hydra sweeper optimises; with final=true, the test score). `overrides`: the
-    command line's, which resume= checks."""
+    command line's, which resume= checks; `callbacks`: Lightning callbacks added to the config's
+    (for scripts such as bench/time_to_accuracy.py)."""
     if cfg.get("resume"):
         cfg = resume_config(cfg, overrides)
     else:
@@ -201,7 +202,7 @@ def train(cfg: DictConfig, overrides=()) -> float:
     model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
     if cfg.get("compile"):
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
-    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]  # callbacks.NAME=null removes one
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None] + list(callbacks)  # NAME=null removes one
     loggers = [build(c) for c in cfg.logger.values() if c is not None]
     precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,

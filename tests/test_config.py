@@ -66,7 +66,7 @@ def test_report_recipes():
 def test_the_default_is_the_quickstart_experiment_for_any_task():
     cfg = compose_cfg("train")
     assert cfg.task.name == "task1" and cfg.model.alphabet == "0123456789"  # the default is task1: digits
-    assert (cfg.trainer.max_epochs, cfg.data.num_train, cfg.data.batch_size) == (2, 12000, 64)
+    assert (cfg.trainer.max_epochs, cfg.data.num_train, cfg.data.batch_size, cfg.model.low_res) == (2, 7000, 64, 0.5)
     assert cfg.scheduler._target_.endswith("one_cycle")
     cfg = compose_cfg("train", ["task=task3"])
     assert cfg.task.name == "task3" and cfg.trainer.max_epochs == 2  # the quickstart budget, task3's task

@@ -52,3 +52,29 @@ def test_positional_head_and_augmentation():
     assert model.net.heads.in_features == 32 * 8
     moved = model.augmented(images)
     assert moved.shape == images.shape and moved.dtype == torch.uint8 and not torch.equal(moved, images)
+
+
+def test_low_res_trains_smaller_images_first_then_full_size():
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = CaptchaModule(task="task3", length=4, width=96, height=72, alphabet="0123456789", widths=(16, 16, 16, 16),
+                          low_res=0.5, low_res_until=0.5, optimizer=torch.optim.Adam)
+    sizes = []
+    model.net.register_forward_pre_hook(lambda m, x: sizes.append(tuple(x[0].shape[2:])) if m.training else None)
+    data = TensorDataset(torch.randint(0, 256, (8, 3, 72, 96), dtype=torch.uint8), torch.randint(0, 10, (8, 4)))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(data, batch_size=2))
+    assert sizes == [(36, 48), (36, 48), (72, 96), (72, 96)]
+
+
+def test_low_res_is_checked():
+    with pytest.raises(CaptchaError, match="model.low_res=0.1"):
+        CaptchaModule(task="task1", length=1, width=72, height=72, alphabet="0123456789", low_res=0.1)
+    # CTC at half size: 60 of 120 pixels would leave 8 columns for 5 characters; it trains 65 wide (9)
+    model = CaptchaModule(task="t", length=[2, 5], width=120, height=40, alphabet="0123456789", head="ctc",
+                          widths=(16, 16, 16, 16), strides=(2, 2, 2, (2, 1)), low_res=0.5)
+    assert model.low_res_size == (20, 65)
+    images = torch.randint(0, 256, (2, 3, 40, 120), dtype=torch.uint8)
+    assert model.train()(model.augmented(images, model.low_res_size)).shape == (2, 9, 11)

@@ -127,6 +127,8 @@ def test_auto_task_is_inferred_printed_and_recorded(tmp_path, capsys):
     assert "from 30 labelled images (label-named layout)" in line
     assert (hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"]) == \
         ("my-captchas", [3, 5], alphabet, 120, 40, "ctc")
+    # the recipe keeps the last (annealed) model, not one picked on a few dozen validation images
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
     saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert saved.task == {"name": "my-captchas", "length": [3, 5], "alphabet": alphabet, "width": 120, "height": 40,
                           "lowercase": False}
