@@ -10,7 +10,6 @@ on that test split with its 95 % interval and the reading time per image (median
 in-memory images, this machine's default precision).
 """
 import argparse
-import math
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from captcha_lit.folders import read_labelled
 from captcha_lit.images import load_image
 from captcha_lit.predict import run_checkpoint
 from captcha_lit.reader import CaptchaReader
+from captcha_lit.report import wilson
 from captcha_lit.tasks import from_config
 
 parser = argparse.ArgumentParser()
@@ -31,12 +31,6 @@ parser.add_argument("--tta", nargs="+", type=int, default=[1, 4, 8])
 parser.add_argument("--rounds", type=int, default=3)
 args = parser.parse_args()
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of k successes in n."""
-    p, d = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
 
 
 configs = [OmegaConf.load(run / "config.yaml") for run in args.runs]

@@ -17,7 +17,6 @@ is the one in conf/experiment.
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from captcha_lit.report import wilson
 
 # the kaggle recipes as they were before issue 12 (commit 4313065), every knob pinned
 BEFORE = {
@@ -37,23 +38,16 @@ COMMON_BEFORE = ("data=mixed data.batch_size=64 data.epoch_size=null data.real_f
                  "scheduler=onecycle scheduler.pct_start=0.25")
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of k successes in n."""
-    p, d = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
-
 
 def child(args):
     """One training run, reporting test exact match to a JSON-lines file as it goes."""
     import pytorch_lightning as pl
     import torch
-
-    from captcha_lit.module import greedy_decode
-    from captcha_lit.train import train
     from hydra import compose, initialize_config_dir
 
+    from captcha_lit.module import compared
     from captcha_lit.tasks import CONF_DIR
+    from captcha_lit.train import train
 
     class Reach(pl.Callback):
         def __init__(self):
@@ -67,9 +61,7 @@ def child(args):
             pl_module.eval()
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 for images, targets in trainer.datamodule.test_dataloader():
-                    preds = greedy_decode(pl_module(images), pl_module.hparams.head)
-                    width = max(preds.shape[1], targets.shape[1])
-                    preds, targets = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in (preds, targets))
+                    preds, targets = compared(pl_module(images), targets, pl_module.hparams.head)
                     hits, n = hits + int((preds == targets).all(1).sum()), n + len(targets)
             pl_module.train()
             row = dict(at=start - self.eval_time, epoch=trainer.current_epoch + 1, images=self.seen, hits=hits, n=n)

@@ -36,6 +36,14 @@ def greedy_decode(logits: torch.Tensor, head: str) -> torch.Tensor:
     return out
 
 
+def compared(logits: torch.Tensor, targets: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy readings and targets padded with PAD to one width: (preds == targets).all(1) is
+    exact match per image."""
+    preds = greedy_decode(logits, head)
+    width = max(preds.shape[1], targets.shape[1])
+    return tuple(F.pad(t, (0, width - t.shape[1]), value=PAD) for t in (preds, targets))
+
+
 def low_res_size(width: int, height: int, low_res: float, strides, min_columns: int) -> tuple[int, int]:
     """(height, width) of the images trained on with model.low_res: that fraction of each side,
     but never so narrow that the network leaves fewer than min_columns columns (CTC needs 2N-1)."""
@@ -134,9 +142,7 @@ class CaptchaModule(pl.LightningModule):
         return per_char * targets.shape[1]
 
     def update_metrics(self, metrics, logits, targets):
-        preds = greedy_decode(logits, self.hparams.head)
-        width = max(preds.shape[1], targets.shape[1])  # compared at one width, PAD beyond each string
-        preds, targets = (F.pad(t, (0, width - t.shape[1]), value=PAD) for t in (preds, targets))
+        preds, targets = compared(logits, targets, self.hparams.head)
         valid = targets != PAD
         metrics["exact_match"].update((preds == targets).all(1).float())
         metrics["char_acc"].update(((preds == targets) & valid).sum(1) / valid.sum(1))

@@ -1,10 +1,19 @@
 """Accuracy on labelled data: per-task metrics, a confusion-matrix picture and a grid of the
 most confident mistakes, drawn with Pillow alone."""
+import math
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .alphabet import ALPHANUMERIC
 from .images import load_image
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of k successes in n."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return centre - half, centre + half
 
 
 def accuracy(predictions: list[str], labels: list[str]) -> dict:

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from captcha_lit.alphabet import ALPHANUMERIC, DIGITS, PAD, ctc_keep, decode, encode
-from captcha_lit.module import greedy_decode
+from captcha_lit.module import compared, greedy_decode
 from captcha_lit.reader import decode_logits
 
 
@@ -44,3 +44,12 @@ def test_per_position_decoding_and_confidence():
     assert labels == ["309", "112"]
     p = np.exp(5.0) / (np.exp(5.0) + 9 * np.exp(-5.0))
     assert np.allclose(confidence, p ** 3)
+
+
+def test_ctc_readings_are_compared_with_labels_at_one_width():
+    # CTC steps "1-1-" read "11" (two steps of four); labels are padded to 3
+    logits = torch.nn.functional.one_hot(torch.tensor([[2, 0, 2, 0], [3, 3, 0, 0]]), 11).float()
+    targets = torch.tensor([[1, 1, PAD], [2, 2, PAD]])
+    preds, padded = compared(logits, targets, "ctc")
+    assert preds.shape == padded.shape == (2, 4)
+    assert (preds == padded).all(1).tolist() == [True, False]  # "33" merges into one 2: "2" is not "22"
