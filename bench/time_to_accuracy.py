@@ -1,7 +1,7 @@
 """Wall time for a recipe to reach a target exact match on a real test split, variants side by side.
 
     python bench/time_to_accuracy.py --root PATH/captcha-hacker-2022 --task task1 [--target 0.999]
-        [--variants before shipped] [--variant NAME="override override ..."] [--every 1024] [--rounds 1]
+        [--variants before shipped finetune] [--init-from CKPT] [--variant NAME="override ..."] [--every 1024] [--rounds 1]
 
 Each variant is `python train.py experiment=kaggle_TASK` plus its overrides, run in its own
 process (start-up counts), one after another, never two at once. Every variant trains with
@@ -13,7 +13,9 @@ epoch, images seen and wall time at that point (or its best if it never does), a
 the ratio of the first variant's time to the last one's.
 
 `before` is the recipe of round 2 (pinned here, whatever conf/experiment says now); `shipped`
-is the one in conf/experiment.
+is the one in conf/experiment; `finetune` is `experiment=finetune init_from=CKPT` (--init-from: a
+model pretrained on rendered images, e.g. the embedded default's last.ckpt for task1; its
+pretraining time is not counted).
 """
 import argparse
 import json
@@ -113,6 +115,7 @@ def main():
                                                 "task2 0.997, task3 0.995)")
     p.add_argument("--variants", nargs="*", default=["before", "shipped"])
     p.add_argument("--variant", action="append", default=[], help='NAME="overrides": an extra variant')
+    p.add_argument("--init-from", help="the checkpoint the finetune variant starts from")
     p.add_argument("--every", type=int, default=1024, help="training images between readings of the test split")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -124,11 +127,17 @@ def main():
     if args.child:
         return child(args)
     args.target = args.target or {"task1": 0.999, "task2": 0.997, "task3": 0.995}[args.task]
-    base = [f"experiment=kaggle_{args.task}", f"data.root={args.root}", "data.test_fraction=0.2", f"seed={args.seed}",
+    base = [f"task={args.task}", f"data.root={args.root}", "data.test_fraction=0.2", f"seed={args.seed}",
             "test=false", "trainer.enable_progress_bar=false"]
-    named = {"before": f"{COMMON_BEFORE} {BEFORE[args.task]}", "shipped": ""}
+    named = {"before": f"{COMMON_BEFORE} {BEFORE[args.task]}", "shipped": "",
+             "finetune": f"experiment=finetune init_from={args.init_from}"}
     named.update(v.split("=", 1) for v in args.variant)
-    variants = {name: base + named[name].split() for name in args.variants + [v.split("=", 1)[0] for v in args.variant]}
+
+    def overrides(name):  # the kaggle recipe, unless the variant names its own experiment
+        own = named[name].split()
+        return base + ([] if any(o.startswith("experiment=") for o in own) else [f"experiment=kaggle_{args.task}"]) + own
+
+    variants = {name: overrides(name) for name in args.variants + [v.split("=", 1)[0] for v in args.variant]}
     print(f"{args.task}: time to test exact match >= {args.target} on {args.root}, "
           f"{os.cpu_count()} CPU cores, variants one at a time, {args.rounds} round(s)")
     results = {name: [] for name in variants}

@@ -86,6 +86,10 @@ SETTINGS = [
 def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
+    init = cfg.get("init_from")
+    if init is not None and not Path(init).is_file():
+        raise CaptchaError(f"init_from={init}: no such file; fine-tuning starts from a trained model: add "
+                           f"init_from=PATH (for example the checkpoints/last.ckpt of a python train.py run)")
     for key, ok, wanted in SETTINGS:
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
@@ -180,6 +184,22 @@ def final_training(cfg: DictConfig) -> None:
         cfg.callbacks.model_checkpoint = None
 
 
+def start_from(model, path) -> None:
+    """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
+    match (a network pretrained on rendered images, or trained on another alphabet or length:
+    heads of another shape start fresh). The optimizer, schedule and epochs start anew."""
+    _, state = read_checkpoint(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits.keys() & dict(model.named_parameters()).keys():
+        raise CaptchaError(f"init_from={path}: none of its weights fit this model (another network: model.widths, "
+                           f"model.strides or model.blocks_per_stage differ)")
+    model.load_state_dict(fits, strict=False)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})
+    print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded"
+          + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
+
+
 def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     """Fits the model, tests the best checkpoint, and returns the best val/exact_match
     (the value a Hydra sweeper optimises; with final=true, the test score). `overrides`: the
@@ -200,6 +220,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     optimizer = build(cfg.optimizer)
     scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
     model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resumed run has its own weights
+        start_from(model, cfg.init_from)
     if cfg.get("compile"):
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None] + list(callbacks)  # NAME=null removes one

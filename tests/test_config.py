@@ -5,9 +5,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from captcha_lit.errors import CaptchaError
+from captcha_lit.module import CaptchaModule
 from captcha_lit.tasks import preset
 
-from tests.helpers import CONF, TINY, compose_cfg, make_folder
+from tests.helpers import CONF, TINY, compose_cfg, make_folder, module_args
 
 
 def options(group):
@@ -92,3 +94,19 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
     assert len(data.train_set) == 17 + round(17 * cfg.data.synthetic_ratio)
     assert data.pin_memory == torch.cuda.is_available()  # pin_memory: null pins only for a GPU
     train(cfg)
+
+
+def test_finetune_needs_a_checkpoint_and_starts_from_all_of_it(tmp_path, capsys):
+    from captcha_lit.train import train
+    root = make_folder(tmp_path / "d", {"task2": 20})
+    base = ["experiment=finetune", "task=task2", f"data.root={root}", "trainer=cpu"]
+    cfg = compose_cfg("train", base)
+    assert (cfg.trainer.max_epochs, cfg.data.synthetic_ratio, cfg.model.label_smoothing) == (1, 2, 0.1)
+    with pytest.raises(CaptchaError, match="init_from=CKPT: no such file; fine-tuning starts from a trained model"):
+        train(compose_cfg("train", base + TINY, tmp_path / "run"))
+    pretrained = CaptchaModule(**module_args("task2"), widths=[16, 16, 32, 32])
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pretrained.hparams), "state_dict": pretrained.state_dict()}, path)
+    train(compose_cfg("train", base + TINY + [f"init_from={path}", "trainer.fast_dev_run=true"], tmp_path / "run2"))
+    n = len(pretrained.state_dict())
+    assert f"init_from={path}: {n} of {n} weights loaded\n" in capsys.readouterr().out  # the same task: nothing fresh

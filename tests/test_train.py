@@ -3,10 +3,12 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
 from captcha_lit.checkpoint import load_module
+from captcha_lit.errors import CaptchaError
 from captcha_lit.module import CaptchaModule
 from captcha_lit.train import train
 
@@ -159,3 +161,30 @@ def test_final_training_uses_every_image_but_the_test_split_and_keeps_the_last_c
     metrics = dict(item.split("=") for item in out.split("final metrics: ")[1].splitlines()[0].split(", "))
     assert "val/exact_match" not in metrics and score == pytest.approx(float(metrics["test/exact_match"]), abs=1e-4)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_path, capsys):
+    """Fine-tuning: a task1 checkpoint starts a task2 run; the backbone is the checkpoint's, the two
+    36-class heads (the checkpoint has one 10-class head) start fresh, and the run says so."""
+    pretrained = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32])
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pretrained.hparams), "state_dict": pretrained.state_dict()}, path)
+    cfg = compose_cfg("train", ["task=task2", "trainer=cpu", f"init_from={path}", "trainer.fast_dev_run=true"]
+                      + TINY, tmp_path / "run")
+    seen = {}
+
+    class Peek(pl.Callback):  # the weights as training starts
+        def on_fit_start(self, trainer, module):
+            seen.update({k: v.clone() for k, v in module.state_dict().items()})
+
+    train(cfg, callbacks=[Peek()])
+    loaded = [k for k in seen if k in pretrained.state_dict() and seen[k].shape == pretrained.state_dict()[k].shape]
+    assert "net.stem.0.weight" in loaded and all(torch.equal(seen[k], pretrained.state_dict()[k]) for k in loaded)
+    assert not any("head" in k for k in loaded)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("init_from="))
+    assert f"{len(loaded)} of {len(seen)} weights loaded" in line and "starting fresh: net.heads" in line
+
+    other = CaptchaModule(**module_args("task2"), widths=[8, 8, 8, 8], channels_last=False)  # no weight fits
+    torch.save({"hyper_parameters": dict(other.hparams), "state_dict": other.state_dict()}, path)
+    with pytest.raises(CaptchaError, match="init_from=.*none of its weights fit this model"):
+        train(compose_cfg("train", ["trainer=cpu", f"init_from={path}"] + TINY, tmp_path / "run2"))
