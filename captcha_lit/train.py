@@ -87,7 +87,7 @@ def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
     init = cfg.get("init_from")
-    if init is not None and not Path(init).is_file():
+    if init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
         raise CaptchaError(f"init_from={init}: no such file; fine-tuning starts from a trained model: add "
                            f"init_from=PATH (for example the checkpoints/last.ckpt of a python train.py run)")
     for key, ok, wanted in SETTINGS:
