@@ -133,11 +133,14 @@ def main():
              "finetune": f"experiment=finetune init_from={args.init_from}"}
     named.update(v.split("=", 1) for v in args.variant)
 
-    def overrides(name):  # the kaggle recipe, unless the variant names its own experiment
+    if "finetune" in args.variants and not args.init_from:
+        p.error("the finetune variant starts from a checkpoint: add --init-from CKPT")
+
+    def command(name):  # the kaggle recipe, unless the variant names its own experiment
         own = named[name].split()
         return base + ([] if any(o.startswith("experiment=") for o in own) else [f"experiment=kaggle_{args.task}"]) + own
 
-    variants = {name: overrides(name) for name in args.variants + [v.split("=", 1)[0] for v in args.variant]}
+    variants = {name: command(name) for name in args.variants + [v.split("=", 1)[0] for v in args.variant]}
     print(f"{args.task}: time to test exact match >= {args.target} on {args.root}, "
           f"{os.cpu_count()} CPU cores, variants one at a time, {args.rounds} round(s)")
     results = {name: [] for name in variants}

@@ -88,8 +88,8 @@ def check_config(cfg: DictConfig) -> None:
     from_config(cfg.task)  # a task with every value set and valid
     init = cfg.get("init_from")
     if init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
-        raise CaptchaError(f"init_from={init}: no such file; fine-tuning starts from a trained model: add "
-                           f"init_from=PATH (for example the checkpoints/last.ckpt of a python train.py run)")
+        raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
+                           f"the checkpoints/last.ckpt of a python train.py run)")
     for key, ok, wanted in SETTINGS:
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
@@ -154,6 +154,12 @@ def resume_config(cfg: DictConfig, overrides=()) -> DictConfig:
     if unknown:
         raise CaptchaError(f"{saved}: refused: it names {', '.join(unknown)}, which captcha-lit's configs never do, "
                            f"and resuming would run it")
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if ("trainer.max_epochs" in keys and epochs != old.trainer.max_epochs
+            and str(OmegaConf.select(old, "scheduler._target_")).endswith("one_cycle")):
+        raise CaptchaError(f"resume={run} trainer.max_epochs={epochs}: this run's one-cycle schedule was laid out "
+                           f"for {old.trainer.max_epochs} epochs and cannot be stretched; train on from its weights "
+                           f"in a new run instead: init_from={last}")
     for tmp in last.parent.glob(".*.tmp"):  # a save cut short by the interruption; the previous file is intact
         tmp.unlink()
     read_checkpoint(last)  # a truncated or foreign last.ckpt: one line now, not Lightning's traceback later
@@ -188,12 +194,16 @@ def start_from(model, path) -> None:
     """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
     match (a network pretrained on rendered images, or trained on another alphabet or length:
     heads of another shape start fresh). The optimizer, schedule and epochs start anew."""
-    _, state = read_checkpoint(path)
+    hparams, state = read_checkpoint(path)
+    # the network the checkpoint predicts with (its weight average, if it kept one) starts both of
+    # this run's copies, the trained one and (with model.ema) the average
+    prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
+    source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape}
     if not fits.keys() & dict(model.named_parameters()).keys():
-        raise CaptchaError(f"init_from={path}: none of its weights fit this model (another network: model.widths, "
-                           f"model.strides or model.blocks_per_stage differ)")
+        raise CaptchaError(f"init_from={path}: none of its weights fit this model: it has widths={hparams.get('widths')}, "
+                           f"strides={hparams.get('strides')}, blocks_per_stage={hparams.get('blocks_per_stage')}")
     model.load_state_dict(fits, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})
     print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded"

@@ -102,7 +102,7 @@ def test_finetune_needs_a_checkpoint_and_starts_from_all_of_it(tmp_path, capsys)
     base = ["experiment=finetune", "task=task2", f"data.root={root}", "trainer=cpu"]
     cfg = compose_cfg("train", base)
     assert (cfg.trainer.max_epochs, cfg.data.synthetic_ratio, cfg.model.label_smoothing) == (1, 2, 0.1)
-    with pytest.raises(CaptchaError, match="init_from=CKPT: no such file; fine-tuning starts from a trained model"):
+    with pytest.raises(CaptchaError, match="init_from=CKPT: no such file; give the path of a trained checkpoint"):
         train(compose_cfg("train", base + TINY, tmp_path / "run"))
     pretrained = CaptchaModule(**module_args("task2"), widths=[16, 16, 32, 32])
     path = tmp_path / "pre.ckpt"

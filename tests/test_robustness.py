@@ -471,14 +471,20 @@ def test_generate_into_a_folder_with_images_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- resume runs only what this project names
-def resumable_run(tmp_path):
+def resumable_run(tmp_path, *overrides):
     run = tmp_path / "run"
-    train(compose_cfg("train", TINY + ["trainer=cpu", "trainer.max_epochs=1", "test=false"], run))
+    train(compose_cfg("train", TINY + ["trainer=cpu", "trainer.max_epochs=1", "test=false", *overrides], run))
     return run
 
 
 def test_resume_refuses_foreign_targets_and_unsafe_overrides_and_applies_safe_ones(tmp_path):
-    run = resumable_run(tmp_path)
+    run = resumable_run(tmp_path / "onecycle")  # the default's one-cycle schedule ends with its last epoch
+    cfg = compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2"])
+    with pytest.raises(CaptchaError, match=r"one-cycle schedule was laid out for 1 epochs and cannot be stretched; "
+                                           r"train on from its weights in a new run instead: init_from=.*last.ckpt"):
+        resume_config(cfg, [f"resume={run}", "trainer.max_epochs=2"])
+
+    run = resumable_run(tmp_path, "scheduler=none")
     cfg = compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2", "trainer.devices=1"])
     resumed = resume_config(cfg, [f"resume={run}", "trainer.max_epochs=2", "trainer.devices=1"])
     assert (resumed.trainer.max_epochs, resumed.trainer.devices, resumed.ckpt_path) == \

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from captcha_lit.checkpoint import load_module
 from captcha_lit.errors import CaptchaError
 from captcha_lit.module import CaptchaModule
-from captcha_lit.train import train
+from captcha_lit.train import start_from, train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_named_folder, module_args
 
@@ -169,8 +169,9 @@ def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_pa
     pretrained = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32])
     path = tmp_path / "pre.ckpt"
     torch.save({"hyper_parameters": dict(pretrained.hparams), "state_dict": pretrained.state_dict()}, path)
-    cfg = compose_cfg("train", ["task=task2", "trainer=cpu", f"init_from={path}", "trainer.fast_dev_run=true"]
-                      + TINY, tmp_path / "run")
+    run = tmp_path / "run"
+    cfg = compose_cfg("train", ["task=task2", "trainer=cpu", f"init_from={path}", "test=false", "scheduler=none"] + TINY,
+                      run)
     seen = {}
 
     class Peek(pl.Callback):  # the weights as training starts
@@ -180,11 +181,29 @@ def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_pa
     train(cfg, callbacks=[Peek()])
     loaded = [k for k in seen if k in pretrained.state_dict() and seen[k].shape == pretrained.state_dict()[k].shape]
     assert "net.stem.0.weight" in loaded and all(torch.equal(seen[k], pretrained.state_dict()[k]) for k in loaded)
-    assert not any("head" in k for k in loaded)
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("init_from="))
     assert f"{len(loaded)} of {len(seen)} weights loaded" in line and "starting fresh: net.heads" in line
 
-    other = CaptchaModule(**module_args("task2"), widths=[8, 8, 8, 8], channels_last=False)  # no weight fits
+    path.unlink()  # a resumed run continues from its own last.ckpt and no longer needs the file
+    train(compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2"]), overrides=["trainer.max_epochs=2"])
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+    other = CaptchaModule(**module_args("task2"), widths=[8, 8, 8, 8])  # no weight fits
     torch.save({"hyper_parameters": dict(other.hparams), "state_dict": other.state_dict()}, path)
-    with pytest.raises(CaptchaError, match="init_from=.*none of its weights fit this model"):
+    with pytest.raises(CaptchaError, match=r"init_from=.*none of its weights fit this model: it has widths=\[8, 8, 8, 8\]"):
         train(compose_cfg("train", ["trainer=cpu", f"init_from={path}"] + TINY, tmp_path / "run2"))
+
+
+def test_init_from_starts_from_the_weight_average_the_checkpoint_predicts_with(tmp_path):
+    pretrained = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32], ema=0.9)
+    with torch.no_grad():
+        for w in pretrained.ema_net.parameters():
+            w.add_(1.0)  # the average differs from the trained copy
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pretrained.hparams), "state_dict": pretrained.state_dict()}, path)
+    for ema in (0.0, 0.9):
+        run = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32], ema=ema)
+        start_from(run, path)
+        copies = [run.net] + ([run.ema_net] if ema else [])
+        for name, w in pretrained.ema_net.state_dict().items():
+            assert all(torch.equal(net.state_dict()[name], w) for net in copies), name
