@@ -24,6 +24,9 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 MAX_WIDTH, MAX_HEIGHT = 160, 48  # inferred sizes are scaled down to fit: cost grows with the pixels
+# ... but never narrower than this many pixels per character of the longest label: square or tall
+# images (256x256) would otherwise shrink to 48x48, too few of experiment=auto's 8-pixel CTC columns
+MIN_WIDTH_PER_CHAR = 16
 
 
 def length_range(length) -> tuple[int, int]:
@@ -123,7 +126,8 @@ def infer_task(labels: list[str], sizes: Counter, name: str, given: dict) -> tup
     alphabet = given.get("alphabet") or "".join(sorted(set("".join(labels))))
     (w, h), _ = sizes.most_common(1)[0]
     scale = min(1.0, MAX_WIDTH / w, MAX_HEIGHT / h)
-    width, height = given.get("width") or max(8, round(w * scale)), given.get("height") or max(8, round(h * scale))
+    room = min(w, MIN_WIDTH_PER_CHAR * length_range(length)[1])  # squeezes the height more than the width
+    width, height = given.get("width") or max(8, round(w * scale), room), given.get("height") or max(8, round(h * scale))
     task = Task(name=given.get("name") or name, length=length, alphabet=alphabet, width=width, height=height,
                 lowercase=lowercase)
     notes = []

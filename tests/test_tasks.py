@@ -50,6 +50,9 @@ def test_inference_from_labels_and_sizes():
     task, line = infer_task(labels, Counter({(400, 100): 3}), "mine", {"lowercase": True})
     assert task.alphabet == "139abcdqxz" and task.lowercase
     assert (task.width, task.height) == (160, 40) and "images of 400x100 scaled to 160x40" in line
+    # square images keep 16 pixels of width per character, for the CTC columns (not 48x48)
+    task, line = infer_task(["abcde"] * 2, Counter({(256, 256): 2}), "mine", {})
+    assert (task.width, task.height) == (80, 48) and "images of 256x256 scaled to 80x48" in line
     # values given in the config win over the inferred ones
     task, _ = infer_task(["abcd"] * 3, Counter({(100, 40): 3}), "mine", {"alphabet": ALPHANUMERIC, "length": 4})
     assert task.alphabet == ALPHANUMERIC and task.length == 4 and task.width == 100

@@ -136,6 +136,15 @@ def test_auto_task_is_inferred_printed_and_recorded(tmp_path, capsys):
                           "lowercase": False}
 
 
+def test_auto_task_on_square_images_trains(tmp_path, capsys):
+    # 100x100 images of 5 characters would fit 160x48 as 48x48: 6 CTC columns, too few for 5 characters
+    data = make_named_folder(tmp_path / "square", 20, 5, "0123456789", 100, 100)
+    cfg = compose_cfg("train", ["experiment=auto", f"data.root={data}", "trainer=cpu", "trainer.max_steps=1",
+                                "test=false"] + TINY, tmp_path / "run")
+    train(cfg)
+    assert "images of 100x100 scaled to 80x48" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_ctc_accuracy_rises_on_variable_length_captchas(tmp_path):
     """A small CTC network on rendered 2-3 digit captchas gets far past chance in three epochs."""
