@@ -1,7 +1,7 @@
 """Reading the competition's 10,000 test images: the reading paths side by side, on real images.
 
     python bench/predict_throughput.py --data ../shared/captcha-hacker-2022 --ckpt T1.ckpt T2.ckpt T3.ckpt
-                                       [--old REV] [--rounds 2]
+                                       [--old REV] [--compare T1 T2 T3] [--rounds 2]
 
 1. The models alone. Every variant reads --n labelled images of each task from memory (decoded
    once, untimed), rounds alternating the variants. Per variant and task: images/s, agreement
@@ -17,8 +17,9 @@
 2. End to end. A competition-style folder of 10,000 PNGs (the real mix of tasks and sizes, drawn
    with repetition from the labelled images) and its sample_submission.csv; `python predict.py`
    is timed on it, start-up included: this tree's default, precision=32 and the int8 exports, and, with --old REV,
-   the predict.py of git revision REV (checked out into a temporary worktree), alternating.
-   The last line is `predict 10k: S s` (this tree's default, median).
+   the predict.py of git revision REV (checked out into a temporary worktree), and with
+   --compare T1 T2 T3 the default and int8 paths of other checkpoints (say, a recipe at another
+   image size), alternating. The last line is `predict 10k: S s` (this tree's default, median).
 """
 import argparse
 import csv
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captcha_lit.checkpoint import load_module
+from captcha_lit.checkpoint import load_module, read_checkpoint
 from captcha_lit.export import export_onnx
 from captcha_lit.folders import read_labelled
 from captcha_lit.hardware import cpu_has_bf16
@@ -52,6 +53,7 @@ parser.add_argument("--rounds", type=int, default=2)
 parser.add_argument("--n", type=int, default=1024, help="labelled images per task in the models-alone part")
 parser.add_argument("--batch", type=int, default=32, help="the reader's batch size (predict.yaml's default)")
 parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's")
+parser.add_argument("--compare", nargs=3, help="task1, task2 and task3 checkpoints timed end to end beside --ckpt")
 parser.add_argument("--skip-models", action="store_true", help="only the end-to-end runs")
 parser.add_argument("--scale", type=float, default=1.0, help="end-to-end folder size as a share of 10,000 (a quick check)")
 args = parser.parse_args()
@@ -82,7 +84,8 @@ print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {cpu_has_
 
 if not args.skip_models:
     sample = {t: v[:: max(1, len(v) // args.n)][:args.n] for t, v in items.items()}  # spread over the folder
-    arrays = {t: np.stack([load_image(p, preset(t).width, preset(t).height) for p, _ in v]) for t, v in sample.items()}
+    sizes = {t: (hp["width"], hp["height"]) for t, c in ckpts.items() for hp in [read_checkpoint(c)[0]]}
+    arrays = {t: np.stack([load_image(p, *sizes[t]) for p, _ in v]) for t, v in sample.items()}  # at each model's size
     variants = {
         "eager-fp32": lambda c: module_reader(c, autocast=False),
         "today": lambda c: module_reader(c, autocast=True),
@@ -96,8 +99,8 @@ if not args.skip_models:
     # agreement below also counts: 256 of 1,554-2,408)
     int8 = {c: export_onnx(c, tmp / f"{t}-int8.onnx", int8_images=args.data) for t, c in ckpts.items()}
     readers = {(v, t): make(ckpts[t]) for v, make in variants.items() for t in MIX}
-    for r in readers.values():
-        r.read(arrays["task1"][:16] if r.width == 72 else arrays["task3"][:16])  # warm-up: kernels are built
+    for (_, t), r in readers.items():
+        r.read(arrays[t][:16])  # warm-up: kernels are built
     seconds = {k: [] for k in readers}
     strings = {}
     for _ in range(args.rounds):
@@ -132,15 +135,24 @@ rows = [rows[i] for i in rng.permutation(len(rows))]  # tasks interleaved, as in
 with open(test / "sample_submission.csv", "w", newline="") as f:
     csv.writer(f).writerows([["filename", "label"]] + rows)
 
-int8_models = [export_onnx(c, tmp / f"e2e-{t}-int8.onnx", int8_images=args.data) for t, c in ckpts.items()]
+def listed(paths) -> str:
+    return "ckpt=[" + ",".join(str(Path(p).resolve()) for p in paths) + "]"
+
+
+def int8_exports(paths, name) -> list[Path]:
+    return [export_onnx(c, tmp / f"{name}-{t}-int8.onnx", int8_images=args.data) for t, c in zip(MIX, paths)]
+
+
 runs = {"default": (ROOT, []), "precision=32": (ROOT, ["precision=32"]),
-        "int8 onnx": (ROOT, ["ckpt=[" + ",".join(map(str, int8_models)) + "]"])}
+        "int8 onnx": (ROOT, [listed(int8_exports(args.ckpt, "e2e"))])}
+if args.compare:
+    runs.update({"compare: default": (ROOT, [listed(args.compare)]),
+                 "compare: int8 onnx": (ROOT, [listed(int8_exports(args.compare, "compare"))])})
 if args.old:
     old = tmp / "old"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
                    capture_output=True)
     runs[f"old {args.old}"] = (old, [])
-ckpt_list = "[" + ",".join(str(Path(c).resolve()) for c in args.ckpt) + "]"
 wall = {k: [] for k in runs}
 outputs = {}
 try:
@@ -149,7 +161,7 @@ try:
             out = tmp / f"{name.replace(' ', '_').replace('=', '_')}.csv"
             env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own captcha_lit package
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "predict.py", f"ckpt={ckpt_list}", f"data_dir={test}", f"output={out}",
+            subprocess.run([sys.executable, "predict.py", listed(args.ckpt), f"data_dir={test}", f"output={out}",
                             "progress=false"] + extra, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # a later ckpt= wins
             wall[name].append(time.perf_counter() - t0)
             outputs[name] = out.read_text()
@@ -161,8 +173,9 @@ print(f"\npython predict.py on {len(rows):,} PNGs ({', '.join(f'{round(n * args.
       f"start-up included:")
 for name in runs:
     same = np.mean([a == b for a, b in zip(outputs[name].splitlines()[1:], base[1:])])
+    agree = "other models" if name.startswith("compare") else f"rows as precision=32: {same:.4f}"
     ratio = statistics.median(wall[next(iter(runs))]) / statistics.median(wall[name])
     print(f"  {name:<22} median {statistics.median(wall[name]):6.1f} s of {['%.1f' % w for w in wall[name]]}, "
-          f"rows as precision=32: {same:.4f}, default is {1 / ratio:.2f}x as fast")
+          f"{agree}, default is {1 / ratio:.2f}x as fast")
 shutil.rmtree(tmp, ignore_errors=True)
 print(f"predict {len(rows) / 1000:g}k: {statistics.median(wall['default']):.1f} s")
