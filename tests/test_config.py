@@ -90,8 +90,9 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
     assert cfg.task.name == name[-5:] and cfg.data.root == str(root)
     data = instantiate(cfg.data)
     data.setup()
-    assert len(data.val_set) == 3  # 15 % of the folder's 20 images, never trained on
-    assert len(data.train_set) == 17 + round(17 * cfg.data.synthetic_ratio)
+    # three splits: 15 % each of the folder's 20 images validate and test, never trained on
+    assert (len(data.val_set), len(data.test_set)) == (3, 3) and data.test_set is not data.val_set
+    assert len(data.train_set) == 14 + round(14 * cfg.data.synthetic_ratio)
     assert data.pin_memory == torch.cuda.is_available()  # pin_memory: null pins only for a GPU
     train(cfg)
 
