@@ -11,15 +11,19 @@
      today       the training module under bf16 autocast where the CPU has native bf16 (the
                  reading path before BatchNorm folding; what `--old` runs)
      fp32        this tree's reader with precision=32: BatchNorm folded, channels-last
-     bf16        this tree's default (precision=auto on a bf16 CPU): bf16 weights, channels-last
+     bf16        precision=bf16 (fp32 where the CPU has no native bf16): bf16 weights, channels-last;
+                 the default of a checkpoint without an int8 copy
      onnx        the exported model in onnxruntime (fp32)
-     onnx-int8   the exported model quantised to int8 (captcha-export --int8), in onnxruntime
+     int8        the checkpoint's int8 copy (captcha-export --int8: calibrated on 256 labelled
+                 images, checked on up to 1,024 others), in onnxruntime; the default on CPUs with
+                 VNNI when the copy agrees with fp32
 2. End to end. A competition-style folder of 10,000 PNGs (the real mix of tasks and sizes, drawn
    with repetition from the labelled images) and its sample_submission.csv; `python predict.py`
-   is timed on it, start-up included: this tree's default, precision=32 and the int8 exports, and, with --old REV,
-   the predict.py of git revision REV (checked out into a temporary worktree), and with
-   --compare T1 T2 T3 the default and int8 paths of other checkpoints (say, a recipe at another
-   image size), alternating. The last line is `predict 10k: S s` (this tree's default, median).
+   is timed on it, start-up included: this tree's default (the checkpoints with their int8
+   copies), precision=bf16 and precision=32, and, with --old REV, the predict.py of git revision
+   REV (checked out into a temporary worktree), and with --compare T1 T2 T3 the default of other
+   checkpoints (say, a recipe at another image size; they get int8 copies too), alternating. The
+   last line is `predict 10k: S s` (this tree's default, median).
 """
 import argparse
 import csv
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 
 from captcha_lit.checkpoint import load_module, read_checkpoint
-from captcha_lit.export import export_onnx
+from captcha_lit.export import export_onnx, int8_from_folder
 from captcha_lit.folders import read_labelled
 from captcha_lit.hardware import cpu_has_bf16
 from captcha_lit.images import load_image
@@ -76,7 +80,16 @@ def module_reader(path, autocast: bool) -> CaptchaReader:
                          batch_size=256)
 
 
-ckpts = dict(zip(MIX, args.ckpt))
+def with_int8_copy(ckpt, name: str) -> Path:
+    """The checkpoint copied into the bench's folder, with its int8 copy beside it (captcha-export --int8)."""
+    target = tmp / name / Path(ckpt).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ckpt, target)
+    print(int8_from_folder(target, args.data))
+    return target
+
+
+ckpts = {t: with_int8_copy(c, t) for t, c in zip(MIX, args.ckpt)}
 items = {task: read_labelled(args.data, preset(task)) for task in MIX}
 print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {cpu_has_bf16()}, threads "
       f"{torch.get_num_threads()}, batch {args.batch}, rounds {args.rounds}; labelled images: "
@@ -90,14 +103,14 @@ if not args.skip_models:
         "eager-fp32": lambda c: module_reader(c, autocast=False),
         "today": lambda c: module_reader(c, autocast=True),
         "fp32": lambda c: CaptchaReader.from_checkpoint(c, precision="32", batch_size=args.batch),
-        "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="auto", batch_size=args.batch),
+        "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="bf16" if cpu_has_bf16() else "32",
+                                                        batch_size=args.batch),
         "onnx": lambda c: CaptchaReader.from_onnx(export_onnx(c, tmp / f"{Path(c).stem}-{len(os.listdir(tmp))}.onnx"),
                                                   batch_size=args.batch),
-        "onnx-int8": lambda c: CaptchaReader.from_onnx(int8[c], batch_size=args.batch),
+        # calibrated on 256 images spread over each task's labelled images, which the agreement
+        # below also counts (256 of 1,554-2,408)
+        "int8": lambda c: CaptchaReader.from_checkpoint(c, precision="int8", batch_size=args.batch),
     }
-    # int8 models calibrated on 256 images spread over each task's labelled images (which the
-    # agreement below also counts: 256 of 1,554-2,408)
-    int8 = {c: export_onnx(c, tmp / f"{t}-int8.onnx", int8_images=args.data) for t, c in ckpts.items()}
     readers = {(v, t): make(ckpts[t]) for v, make in variants.items() for t in MIX}
     for (_, t), r in readers.items():
         r.read(arrays[t][:16])  # warm-up: kernels are built
@@ -139,15 +152,9 @@ def listed(paths) -> str:
     return "ckpt=[" + ",".join(str(Path(p).resolve()) for p in paths) + "]"
 
 
-def int8_exports(paths, name) -> list[Path]:
-    return [export_onnx(c, tmp / f"{name}-{t}-int8.onnx", int8_images=args.data) for t, c in zip(MIX, paths)]
-
-
-runs = {"default": (ROOT, []), "precision=32": (ROOT, ["precision=32"]),
-        "int8 onnx": (ROOT, [listed(int8_exports(args.ckpt, "e2e"))])}
+runs = {"default": (ROOT, []), "precision=bf16": (ROOT, ["precision=bf16"]), "precision=32": (ROOT, ["precision=32"])}
 if args.compare:
-    runs.update({"compare: default": (ROOT, [listed(args.compare)]),
-                 "compare: int8 onnx": (ROOT, [listed(int8_exports(args.compare, "compare"))])})
+    runs["compare: default"] = (ROOT, [listed(with_int8_copy(c, f"compare-{t}") for t, c in zip(MIX, args.compare))])
 if args.old:
     old = tmp / "old"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
@@ -161,7 +168,7 @@ try:
             out = tmp / f"{name.replace(' ', '_').replace('=', '_')}.csv"
             env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's own captcha_lit package
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "predict.py", listed(args.ckpt), f"data_dir={test}", f"output={out}",
+            subprocess.run([sys.executable, "predict.py", listed(ckpts.values()), f"data_dir={test}", f"output={out}",
                             "progress=false"] + extra, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)  # a later ckpt= wins
             wall[name].append(time.perf_counter() - t0)
             outputs[name] = out.read_text()

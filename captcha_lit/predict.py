@@ -43,7 +43,7 @@ def sweep_checkpoints(folder: Path) -> list[Path]:
 
 
 def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, CaptchaReader]:
-    """One reader per task, from .ckpt checkpoints, exported .onnx models (run by onnxruntime on the
+    """One reader per task (and a line saying how each computes), from .ckpt checkpoints, exported .onnx models (run by onnxruntime on the
     CPU), run folders or multirun folders (each run's best checkpoint); each model knows its own
     task. Several models of one task are averaged (an ensemble); a multirun folder must hold one
     run per task."""
@@ -63,7 +63,10 @@ def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, 
                 from_folder[reader.task] = path
                 print(f"ckpt={entry}: {reader.task} from {path}")
             models.setdefault(reader.task, []).append(reader)
-    return {task: rs[0] if len(rs) == 1 else CaptchaReader.ensemble(rs) for task, rs in models.items()}
+    readers = {task: rs[0] if len(rs) == 1 else CaptchaReader.ensemble(rs) for task, rs in models.items()}
+    for task, reader in readers.items():
+        print(f"{task}: {reader.precision}")
+    return readers
 
 
 def check_output(output: Path, data_dir: Path, names: list[str], ckpts) -> None:

@@ -87,6 +87,7 @@ class CaptchaReader:
         self.lowercase = lowercase  # the model was trained on lower-cased labels
         self.width, self.height, self.batch_size, self.num_workers = width, height, batch_size, num_workers
         self.source, self.tta = source, tta
+        self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
 
     def describe(self) -> dict:
         """What a model reads; models of an ensemble must agree on all of it."""
@@ -101,12 +102,29 @@ class CaptchaReader:
             differ = [k for k, v in first.describe().items() if r.describe()[k] != v]
             if differ:
                 raise CaptchaError(f"{first.source} and {r.source} cannot be averaged: their {', '.join(differ)} differ")
-        return cls([fn for r in readers for fn in r.logits_fns], **first.describe(), batch_size=first.batch_size,
-                   num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta)
+        reader = cls([fn for r in readers for fn in r.logits_fns], **first.describe(), batch_size=first.batch_size,
+                     num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta)
+        reader.precision = " + ".join(r.precision for r in readers)
+        return reader
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto", precision: str = "auto", **kwargs):
-        """precision auto: bf16 weights where the device computes bf16 natively, else fp32."""
+        """precision auto: on a CPU, the checkpoint's int8 copy where it pays and reads as fp32
+        does (int8.py); else bf16 weights where the device computes bf16 natively; else fp32.
+        precision=32 forces fp32, int8 the int8 copy."""
+        from .int8 import find, gpu_possible
+
+        precision, why = str(precision), None  # Hydra passes precision=32 as a number
+        if precision not in ("auto", "32", "bf16", "16", "int8"):
+            raise CaptchaError(f"precision={precision!r}: choose auto, int8, 32, bf16 or 16")
+        if precision in ("auto", "int8") and device in ("auto", "cpu") and not (device == "auto" and gpu_possible()):
+            found, why = find(path, forced=precision == "int8")
+            if found:
+                reader = cls.from_onnx(found, **kwargs)
+                reader.source, reader.precision = str(path), f"int8 from its copy {why}"
+                return reader
+        if precision == "int8":
+            raise CaptchaError(f"precision=int8 runs on the CPU (onnxruntime): use device=cpu, not device={device}")
         import torch
 
         from .checkpoint import load_network
@@ -124,8 +142,12 @@ class CaptchaReader:
             x = torch.from_numpy(images).to(dev, non_blocking=True).permute(0, 3, 1, 2)
             return net(x).float().cpu().numpy()
 
-        return cls(logits_fn, hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"],
-                   hp["lowercase"], source=str(path), **kwargs)
+        reader = cls(logits_fn, hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"],
+                     hp["lowercase"], source=str(path), **kwargs)
+        reader.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] + f" on {dev.type}"
+        if why:  # a copy exists but was not used: say why
+            reader.precision += f"; int8 copy not used: {why}"
+        return reader
 
     @classmethod
     def from_onnx(cls, path, **kwargs):
@@ -154,7 +176,9 @@ class CaptchaReader:
         def logits_fn(images: np.ndarray) -> np.ndarray:
             return session.run(None, {name: np.ascontiguousarray(images.transpose(0, 3, 1, 2))})[0]
 
-        return cls(logits_fn, *task, source=str(path), **kwargs)
+        reader = cls(logits_fn, *task, source=str(path), **kwargs)
+        reader.precision = f"{contract.get('precision', 'fp32')} on onnxruntime"
+        return reader
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 images -> (B, steps, classes) logits; with several models or views, the

@@ -5,6 +5,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .checkpoint import read_checkpoint
+from .datasets import ArrayDataset
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
 from .folders import labelled_items
@@ -210,6 +212,34 @@ def start_from(model, path) -> None:
           + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
 
 
+def _images(ds, idx) -> np.ndarray:
+    """Images `idx` of a dataset as (N, H, W, 3) uint8."""
+    if isinstance(ds, ArrayDataset):
+        return np.asarray(ds.images[np.sort(idx)])
+    return np.stack([np.asarray(ds[i][0]) for i in idx])  # files or renderings, decoded one by one
+
+
+def write_int8_copy(ckpt: Path, datamodule) -> None:
+    """The checkpoint's int8 copy (int8.py), calibrated on 256 training images and checked against
+    fp32 on up to 1,024 validation images (test images without a validation split, other training
+    images without either)."""
+    from .export import export_int8
+    from .int8 import AGREEMENT
+
+    train_set, held_out = datamodule.train_set, datamodule.val_set or datamodule.test_set
+    spread = np.linspace(0, len(train_set) - 1, min(len(train_set), 1280)).astype(int)
+    if held_out is None:
+        calibration, check, what = spread[::5], np.setdiff1d(spread, spread[::5]), "training"
+    else:
+        calibration, what = spread[::5], "validation" if datamodule.val_set is not None else "test"
+        check = np.linspace(0, len(held_out) - 1, min(len(held_out), 1024)).astype(int)
+    check_images = _images(held_out if held_out is not None else train_set, check)
+    path, same = export_int8(ckpt, _images(train_set, calibration), check_images)
+    used = ("predict.py reads with it on CPUs with VNNI" if same >= AGREEMENT * len(check) else
+            f"under {AGREEMENT:.1%}, so predict.py reads the checkpoint (precision=int8 forces the copy)")
+    print(f"int8 copy: {path} reads as fp32 on {same} of {len(check)} {what} images: {used}")
+
+
 def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     """Fits the model, tests the best checkpoint, and returns the best val/exact_match
     (the value a Hydra sweeper optimises; with final=true, the test score). `overrides`: the
@@ -258,4 +288,6 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if checkpoint is not None and checkpoint.best_model_path:
             print(f"best checkpoint: {checkpoint.best_model_path}")
+            if cfg.get("int8"):
+                write_int8_copy(Path(checkpoint.best_model_path), datamodule)
     return float(best) if best is not None else metrics.get("val/exact_match", metrics.get("test/exact_match", 0.0))

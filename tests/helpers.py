@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # a narrow network and few images: every test config trains in seconds on a CPU
 TINY = ["model.widths=[16,16,32,32]", "data.num_train=256", "data.num_val=64", "data.batch_size=32",
-        "trainer.max_epochs=1", "data.num_workers=0", "trainer.enable_progress_bar=false", "logger=csv"]
+        "trainer.max_epochs=1", "data.num_workers=0", "trainer.enable_progress_bar=false", "logger=csv", "int8=false"]
 
 
 def module_args(name: str) -> dict:

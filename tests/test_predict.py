@@ -1,5 +1,10 @@
+import contextlib
 import csv
+import hashlib
+import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +15,7 @@ from PIL import Image
 
 from captcha_lit import CaptchaReader
 from captcha_lit.errors import CaptchaError
-from captcha_lit.export import export_ddddocr, export_onnx
+from captcha_lit.export import export_ddddocr, export_onnx, int8_from_folder
 from captcha_lit.predict import predict
 from captcha_lit.reader import shifted
 from captcha_lit.train import train
@@ -232,18 +237,21 @@ def test_rows_pointing_outside_the_folder_are_refused(tmp_path, ckpts):
 
 
 @pytest.mark.parametrize("kind, absent", [("onnx", "['captcha', 'hydra', 'pytorch_lightning', 'torch']"),
+                                           ("int8 copy", "['captcha', 'hydra', 'pytorch_lightning', 'torch']"),
                                            ("ckpt", "['captcha', 'hydra', 'pytorch_lightning']")])
-def test_reading_imports_neither_lightning_nor_the_renderer(tmp_path, ckpts, kind, absent):
-    model = export_onnx(ckpts["task1"], tmp_path / "task1.onnx") if kind == "onnx" else ckpts["task1"]
-    load = {"onnx": "CaptchaReader.from_onnx", "ckpt": "CaptchaReader.from_checkpoint"}[kind]
+def test_reading_imports_neither_lightning_nor_the_renderer(tmp_path, ckpts, int8_run, kind, absent):
+    model = {"onnx": lambda: export_onnx(ckpts["task1"], tmp_path / "task1.onnx"), "ckpt": lambda: ckpts["task1"],
+             "int8 copy": lambda: int8_run[0]}[kind]()
+    load = {"onnx": "CaptchaReader.from_onnx({!r})", "ckpt": "CaptchaReader.from_checkpoint({!r})",
+            "int8 copy": "CaptchaReader.from_checkpoint({!r}, precision='int8')"}[kind].format(str(model))
     image = sorted((make_folder(tmp_path / "d", {"task1": 2}) / "task1").glob("*.png"))[0]
-    code = (f"import sys; from captcha_lit import CaptchaReader; print({load}({str(model)!r}).read({str(image)!r})); "
+    code = (f"import sys; from captcha_lit import CaptchaReader; print({load}.read({str(image)!r})); "
             f"print(sorted(m for m in ('torch', 'pytorch_lightning', 'captcha', 'hydra') if m not in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     reading, not_imported = result.stdout.splitlines()
-    assert reading == str(CaptchaReader.from_onnx(model).read([image]) if kind == "onnx" else
-                          CaptchaReader.from_checkpoint(model).read([image]))
+    assert reading == str(CaptchaReader.from_checkpoint(model).read([image]) if kind == "ckpt" else
+                          CaptchaReader.from_onnx(model if kind == "onnx" else model.with_suffix(".int8.onnx")).read([image]))
     assert not_imported == absent
 
 
@@ -311,13 +319,85 @@ def test_a_multirun_folder_gives_each_tasks_best_checkpoint(tmp_path, ckpts, cap
 
 def test_an_int8_export_is_calibrated_on_the_tasks_images_and_stays_close_to_fp32(tmp_path, ckpts):
     data = make_folder(tmp_path / "d", {"task1": 40, "task3": 40})
-    fp32 = CaptchaReader.from_onnx(export_onnx(ckpts["task3"], tmp_path / "f.onnx"))
-    int8_path = export_onnx(ckpts["task3"], tmp_path / "q.onnx", int8_images=data)  # calibrates on d/task3
-    int8 = CaptchaReader.from_onnx(int8_path)
-    assert json.loads((tmp_path / "q.onnx.json").read_text())["precision"] == "int8"
+    ckpt = shutil.copy(ckpts["task3"], tmp_path / "t3.ckpt")
+    fp32 = CaptchaReader.from_onnx(export_onnx(ckpt, tmp_path / "f.onnx"))
+    said = int8_from_folder(ckpt, data)  # calibrates on d/task3; no others to check on: the same 40
+    int8_path = tmp_path / "t3.int8.onnx"  # by default the checkpoint's int8 copy
+    assert re.fullmatch(rf"{re.escape(str(int8_path))}: reads as fp32 on \d+ of 40 images of {re.escape(str(data))}", said)
+    contract = json.loads((tmp_path / "t3.int8.onnx.json").read_text())
+    assert contract["precision"] == "int8" and contract["checkpoint_sha256"] == hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
     assert int8_path.stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size  # int8 weights
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "task3").glob("*.png"))])
-    a, b = fp32.logits(images).ravel(), int8.logits(images).ravel()
+    a, b = fp32.logits(images).ravel(), CaptchaReader.from_onnx(int8_path).logits(images).ravel()
     assert np.corrcoef(a, b)[0, 1] > 0.98 and not np.allclose(a, b, atol=1e-4)  # close, but really quantised
+    same = sum(x == y for x, y in zip(fp32.read(images), CaptchaReader.from_onnx(int8_path).read(images)))
+    assert contract["agreement"] == {"images": 40, "same_string": same}
     with pytest.raises(CaptchaError, match="no images to calibrate on"):
-        export_onnx(ckpts["task3"], tmp_path / "e.onnx", int8_images=tmp_path / "empty")
+        int8_from_folder(ckpt, tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A briefly trained task1 run that wrote its int8 copy, and what it printed."""
+    run = tmp_path_factory.mktemp("int8-run")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train(compose_cfg("train", ["task=task1", "trainer=cpu", "test=false"] + TINY + ["int8=true"], run))
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    return best, out.getvalue()
+
+
+def read_with(tmp_path, ckpt, data, capsys, **extra):
+    run_predict(tmp_path, ckpt, data, **extra)
+    return read_rows(tmp_path / "submission.csv"), capsys.readouterr().out.splitlines()[0]
+
+
+def test_training_writes_an_int8_copy_that_predict_reads_with_where_it_pays(tmp_path, int8_run, capsys, monkeypatch):
+    best, printed = int8_run
+    copy, contract_path = best.with_suffix(".int8.onnx"), best.with_suffix(".int8.onnx.json")
+    contract = json.loads(contract_path.read_text())
+    assert contract["checkpoint_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    same = contract["agreement"]["same_string"]
+    assert contract["agreement"]["images"] == 64 and 0 <= same <= 64  # the 64 validation images
+    assert f"int8 copy: {copy} reads as fp32 on {same} of 64 validation images" in printed
+    data = make_folder(tmp_path / "d", {"task1": 20})
+    monkeypatch.setattr("captcha_lit.int8.gpu_possible", lambda: False)
+    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
+    monkeypatch.setattr("captcha_lit.int8.AGREEMENT", same / 64)  # this tiny model's own agreement passes
+    direct, _ = read_with(tmp_path, copy, data, capsys)
+    rows, said = read_with(tmp_path, best, data, capsys)
+    assert rows == direct and said == f"task1: int8 from its copy {copy.name} (reads as fp32 on {same} of 64 checked images)"
+    fp32, said = read_with(tmp_path, best, data, capsys, precision=32)  # the flag that forces fp32
+    assert said == "task1: fp32 on cpu" and fp32 == read_with(tmp_path, best, data, capsys, precision=32, device="cpu")[0]
+    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: False)
+    _, said = read_with(tmp_path, best, data, capsys)
+    assert re.fullmatch(r"task1: (bf16|fp32) on cpu; int8 copy not used: .*: this CPU has no VNNI, where int8 does not pay", said)
+    assert read_with(tmp_path, best, data, capsys, precision="int8")[0] == direct  # forced, whatever the CPU
+
+
+def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoint(tmp_path, int8_run, ckpts, capsys,
+                                                                                  monkeypatch):
+    best, _ = int8_run
+    ckpt = shutil.copy(best, tmp_path / "m.ckpt")
+    for suffix in (".int8.onnx", ".int8.onnx.json"):
+        shutil.copy(best.with_suffix(suffix), tmp_path / f"m{suffix}")
+    data = make_folder(tmp_path / "d", {"task1": 10})
+    monkeypatch.setattr("captcha_lit.int8.gpu_possible", lambda: False)
+    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
+    contract_path = tmp_path / "m.int8.onnx.json"
+    contract = json.loads(contract_path.read_text())
+    contract["agreement"] = {"images": 1000, "same_string": 998}  # 99.8 %: one image too many read otherwise
+    contract_path.write_text(json.dumps(contract))
+    _, said = read_with(tmp_path, ckpt, data, capsys)
+    assert said.endswith("int8 copy not used: m.int8.onnx (reads as fp32 on 998 of 1000 checked images): not faithful enough")
+    contract["agreement"]["same_string"] = 999
+    contract_path.write_text(json.dumps(contract))
+    assert read_with(tmp_path, ckpt, data, capsys)[1].startswith("task1: int8 from its copy m.int8.onnx")
+    shutil.copy(ckpts["task1"], ckpt)  # the checkpoint replaced: its old copy is another model's
+    _, said = read_with(tmp_path, ckpt, data, capsys)
+    assert said.endswith("int8 copy not used: m.int8.onnx was made from another checkpoint")
+    with pytest.raises(CaptchaError, match=r"precision=int8: .*m.ckpt has an int8 copy made from another checkpoint at "
+                                           r".*m.int8.onnx; make one with: captcha-export .*m.ckpt --int8 IMAGES"):
+        run_predict(tmp_path, ckpt, data, precision="int8")
+    with pytest.raises(CaptchaError, match="precision=int8 runs on the CPU"):
+        CaptchaReader.from_checkpoint(best, device="cuda", precision="int8")

@@ -1,0 +1,74 @@
+"""A checkpoint's int8 copy: X.int8.onnx (and its contract X.int8.onnx.json) beside X.ckpt,
+written after training or by `captcha-export X.ckpt --int8 IMAGES`. Readers use it instead of the
+checkpoint where it is both fast and faithful: on a CPU with int8 dot products (VNNI), when it
+was made from this very checkpoint, and when it read the same strings as fp32 on the images it
+was checked on. Finding it needs neither PyTorch nor onnxruntime."""
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import CaptchaError
+
+# the share of checked images an int8 copy must read as fp32 does; below 1,000 checked images
+# that is every one of them
+AGREEMENT = 0.999
+
+
+def copy_path(ckpt) -> Path:
+    return Path(ckpt).with_suffix(".int8.onnx")
+
+
+def digest(path) -> str:
+    """The file's sha256: ties an int8 copy to the exact checkpoint it was made from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cpu_has_vnni() -> bool:
+    """True where the CPU has int8 dot products (AVX512-VNNI or AVX-VNNI), which onnxruntime's int8
+    kernels use. Without them it multiplies through 16-bit sums that can saturate, and is no faster
+    than bf16. Read from Linux's CPU flags; elsewhere False (an untested platform keeps torch)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def gpu_possible() -> bool:
+    """Whether a CUDA (or ROCm) GPU might be visible, decided without importing torch (2 s of a
+    reading's start-up): False only on Linux without an NVIDIA or AMD GPU driver loaded."""
+    if not sys.platform.startswith("linux"):
+        return sys.platform != "darwin"
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+
+
+def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
+    """(the int8 copy to read with, or None; what was found, None without a copy). `forced`
+    (precision=int8): any copy made from this checkpoint, whatever its agreement or the CPU; a
+    missing one is an error."""
+    if not Path(ckpt).is_file():
+        raise CaptchaError(f"ckpt={ckpt}: no such file")
+    path = copy_path(ckpt)
+    make = f"make one with: captcha-export {ckpt} --int8 IMAGES (a folder of the task's images)"
+    try:
+        contract = json.loads(path.with_suffix(".onnx.json").read_text()) if path.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        contract = None
+    contract = contract if isinstance(contract, dict) else None  # a half-made or foreign copy: none
+    if contract is None or contract.get("checkpoint_sha256") != digest(ckpt):
+        if forced:
+            what = "no int8 copy" if contract is None else "an int8 copy made from another checkpoint"
+            raise CaptchaError(f"precision=int8: {ckpt} has {what} at {path}; {make}")
+        return None, None if contract is None else f"{path.name} was made from another checkpoint"
+    checked = contract.get("agreement", {})
+    same, n = checked.get("same_string", 0), checked.get("images", 0)
+    said = f"{path.name} (reads as fp32 on {same} of {n} checked images)"
+    if forced:
+        return path, said
+    if not n or same < AGREEMENT * n:
+        return None, f"{said}: not faithful enough"
+    if not cpu_has_vnni():
+        return None, f"{said}: this CPU has no VNNI, where int8 does not pay"
+    return path, said
