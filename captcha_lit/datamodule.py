@@ -59,6 +59,7 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.renderer = Renderer(t.width, t.height, t.length, t.alphabet, font_sizes, style, fonts)
         self.train_set = self.val_set = self.test_set = None
         self.train_weights = None  # per-image sampling weights when real_fraction is set
+        self.real_train_size = 0  # the training set's real images, which come first (0: all rendered)
 
     def _rendered(self, size: int, stream: str):
         ds = RenderedDataset(self.renderer, size, self.seed, stream)
@@ -92,6 +93,7 @@ class CaptchaDataModule(pl.LightningDataModule):
             raise CaptchaError(f"{self.root}: {len(items)} usable {self.task.name} image(s) leave none to train on after "
                                f"the validation split: add images or lower data.val_fraction={self.val_fraction}")
         self.train_set = self._folder([items[i] for i in train_idx])
+        self.real_train_size = len(train_idx)
         n_rendered = round(self.synthetic_ratio * len(train_idx))
         if n_rendered:
             self.train_set = concat([self.train_set, self._rendered(n_rendered, "train")])

@@ -41,6 +41,11 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_batc
                           opset_version=17, dynamo=False)
 
 
+def _example(hp: dict) -> torch.Tensor:
+    """A batch of two blank uint8 images of the model's size, to trace the graph with."""
+    return torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8)
+
+
 def _refuse_overwriting_input(ckpt, output: Path) -> None:
     """Output paths are checked before any work: never the checkpoint itself, never a folder."""
     if output.exists() and output.resolve() == Path(ckpt).resolve():
@@ -120,7 +125,7 @@ def export_onnx(ckpt, output=None) -> Path:
     hp, net = load_network(ckpt)
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
     _refuse_overwriting_input(ckpt, output)
-    _to_onnx(net, torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8), output, dynamic_batch=True)
+    _to_onnx(net, _example(hp), output, dynamic_batch=True)
     _write_contract(hp, output, precision="fp32")
     return output
 
@@ -130,16 +135,19 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None) -
     does (both (N, H, W, 3) uint8). Default output: the checkpoint's int8 copy X.int8.onnx, which
     readers use in its place where it pays (int8.py); its contract records the checkpoint's sha256
     and the agreement."""
+    made_from = digest(ckpt) if Path(ckpt).is_file() else None  # before reading: the contract names what was quantised
     hp, net = load_network(ckpt)
     output = Path(output) if output else copy_path(ckpt)
     _refuse_overwriting_input(ckpt, output)
     output.with_suffix(output.suffix + ".json").unlink(missing_ok=True)  # an old contract never describes the new model
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _to_onnx(net, torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8), fp32, dynamic_batch=True)
+        _to_onnx(net, _example(hp), fp32, dynamic_batch=True)
         quantize_int8(fp32, output, calibration)
     same = same_strings(net, output, check, hp["head"], hp["alphabet"])
-    _write_contract(hp, output, precision="int8", checkpoint_sha256=digest(ckpt),
+    if digest(ckpt) != made_from:
+        raise CaptchaError(f"{ckpt} changed while its int8 copy was made (a run still saving it?); export it again")
+    _write_contract(hp, output, precision="int8", checkpoint_sha256=made_from,
                     agreement={"images": len(check), "same_string": same})
     return output, same
 

@@ -17,7 +17,8 @@ AGREEMENT = 0.999
 
 
 def copy_path(ckpt) -> Path:
-    return Path(ckpt).with_suffix(".int8.onnx")
+    ckpt = Path(ckpt)
+    return ckpt.with_suffix(".int8.onnx") if ckpt.suffix == ".ckpt" else Path(f"{ckpt}.int8.onnx")
 
 
 def digest(path) -> str:
@@ -38,10 +39,10 @@ def cpu_has_vnni() -> bool:
 
 def gpu_possible() -> bool:
     """Whether a CUDA (or ROCm) GPU might be visible, decided without importing torch (2 s of a
-    reading's start-up): False only on Linux without an NVIDIA or AMD GPU driver loaded."""
+    reading's start-up): False only on macOS, and on Linux without an NVIDIA, AMD or WSL2 GPU driver."""
     if not sys.platform.startswith("linux"):
         return sys.platform != "darwin"
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))  # dxg: WSL2
 
 
 def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
@@ -62,8 +63,11 @@ def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
             what = "no int8 copy" if contract is None else "an int8 copy made from another checkpoint"
             raise CaptchaError(f"precision=int8: {ckpt} has {what} at {path}; {make}")
         return None, None if contract is None else f"{path.name} was made from another checkpoint"
-    checked = contract.get("agreement", {})
-    same, n = checked.get("same_string", 0), checked.get("images", 0)
+    checked = contract.get("agreement")
+    try:
+        same, n = int(checked["same_string"]), int(checked["images"])
+    except (TypeError, KeyError, ValueError):  # a contract without a usable count: never checked
+        same, n = 0, 0
     said = f"{path.name} (reads as fp32 on {same} of {n} checked images)"
     if forced:
         return path, said

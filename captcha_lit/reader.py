@@ -117,7 +117,10 @@ class CaptchaReader:
         precision, why = str(precision), None  # Hydra passes precision=32 as a number
         if precision not in ("auto", "32", "bf16", "16", "int8"):
             raise CaptchaError(f"precision={precision!r}: choose auto, int8, 32, bf16 or 16")
-        if precision in ("auto", "int8") and device in ("auto", "cpu") and not (device == "auto" and gpu_possible()):
+        if device == "auto" and precision != "int8" and gpu_possible():  # only then is torch imported to decide
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision in ("auto", "int8") and device in ("auto", "cpu"):  # "auto" left: no GPU can be visible
             found, why = find(path, forced=precision == "int8")
             if found:
                 reader = cls.from_onnx(found, **kwargs)

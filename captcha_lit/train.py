@@ -117,7 +117,7 @@ def build(node, **kwargs):
 
 
 # what may change when a run is resumed: where and how long it runs, not what it trains
-RESUMABLE = ("trainer.devices", "trainer.accelerator", "trainer.max_epochs")
+RESUMABLE = ("trainer.devices", "trainer.accelerator", "trainer.max_epochs", "int8")
 
 
 def project_targets() -> set[str]:
@@ -219,22 +219,37 @@ def _images(ds, idx) -> np.ndarray:
     return np.stack([np.asarray(ds[i][0]) for i in idx])  # files or renderings, decoded one by one
 
 
+def spread(n: int, count: int) -> np.ndarray:
+    """Up to `count` indices spread evenly over range(n)."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).astype(int))
+
+
 def write_int8_copy(ckpt: Path, datamodule) -> None:
-    """The checkpoint's int8 copy (int8.py), calibrated on 256 training images and checked against
-    fp32 on up to 1,024 validation images (test images without a validation split, other training
-    images without either)."""
+    """The checkpoint's int8 copy (int8.py), calibrated on up to 256 training images (the real ones
+    where the run has any: what it will read) and checked against fp32 on up to 1,024 validation
+    images (test images without a validation split, other training images without either). A
+    failure costs the copy, not the run."""
     from .export import export_int8
     from .int8 import AGREEMENT
 
-    train_set, held_out = datamodule.train_set, datamodule.val_set or datamodule.test_set
-    spread = np.linspace(0, len(train_set) - 1, min(len(train_set), 1280)).astype(int)
-    if held_out is None:
-        calibration, check, what = spread[::5], np.setdiff1d(spread, spread[::5]), "training"
+    train_set = datamodule.train_set
+    real = datamodule.real_train_size or len(train_set)  # real images come first in a mixed set
+    held_out, what = next(((ds, name) for ds, name in ((datamodule.val_set, "validation"), (datamodule.test_set, "test"))
+                           if ds is not None), (None, "training"))
+    if held_out is not None:
+        calibration, check = spread(real, 256), spread(len(held_out), 1024)
     else:
-        calibration, what = spread[::5], "validation" if datamodule.val_set is not None else "test"
-        check = np.linspace(0, len(held_out) - 1, min(len(held_out), 1024)).astype(int)
-    check_images = _images(held_out if held_out is not None else train_set, check)
-    path, same = export_int8(ckpt, _images(train_set, calibration), check_images)
+        both = spread(real, 1280)
+        calibration, held_out = both[::5], train_set
+        check = np.setdiff1d(both, calibration)
+    if len(check) == 0:
+        print(f"int8 copy: not written: no images to check it on; make one with: captcha-export {ckpt} --int8 IMAGES")
+        return
+    try:
+        path, same = export_int8(ckpt, _images(train_set, calibration), _images(held_out, check))
+    except Exception as e:  # the run's result stands without its copy
+        log.warning(f"int8 copy not written ({type(e).__name__}: {e}); make one with: captcha-export {ckpt} --int8 IMAGES")
+        return
     used = ("predict.py reads with it on CPUs with VNNI" if same >= AGREEMENT * len(check) else
             f"under {AGREEMENT:.1%}, so predict.py reads the checkpoint (precision=int8 forces the copy)")
     print(f"int8 copy: {path} reads as fp32 on {same} of {len(check)} {what} images: {used}")
@@ -288,6 +303,6 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if checkpoint is not None and checkpoint.best_model_path:
             print(f"best checkpoint: {checkpoint.best_model_path}")
-            if cfg.get("int8"):
+            if cfg.get("int8", True):  # a run resumed from before the setting existed makes one too
                 write_int8_copy(Path(checkpoint.best_model_path), datamodule)
     return float(best) if best is not None else metrics.get("val/exact_match", metrics.get("test/exact_match", 0.0))
