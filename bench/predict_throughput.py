@@ -56,7 +56,8 @@ parser.add_argument("--ckpt", nargs=3, required=True, help="task1, task2 and tas
 parser.add_argument("--rounds", type=int, default=2)
 parser.add_argument("--n", type=int, default=1024, help="labelled images per task in the models-alone part")
 parser.add_argument("--batch", type=int, default=32, help="the reader's batch size (predict.yaml's default)")
-parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's")
+parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's (it must "
+                                   "load the checkpoints: 1446b1d reads none trained after it added low_res)")
 parser.add_argument("--compare", nargs=3, help="task1, task2 and task3 checkpoints timed end to end beside --ckpt")
 parser.add_argument("--skip-models", action="store_true", help="only the end-to-end runs")
 parser.add_argument("--scale", type=float, default=1.0, help="end-to-end folder size as a share of 10,000 (a quick check)")
