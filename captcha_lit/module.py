@@ -105,8 +105,13 @@ class CaptchaModule(pl.LightningModule):
         # wait for the GPU (a device-to-host sync) on every step
         metrics = MetricCollection({"exact_match": MeanMetric(nan_strategy="disable"),
                                     "char_acc": MeanMetric(nan_strategy="disable")})
-        self.train_metrics, self.val_metrics, self.test_metrics = (
-            metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "test"))
+        self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{stage}/") for stage in ("val", "test"))
+        # training sums the same figures on the device, (loss, exact matches, char_acc) times images, and
+        # logs their means once an epoch: per step, self.log and torchmetrics cost about 2 ms of Python,
+        # which is most of what Lightning adds to a GPU step waiting on the host (bench/README.md)
+        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
+        self.train_images = 0
+        self.low_res_steps = 0  # the steps trained at low_res_size, set when training starts
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) images -> (B, length, classes) logits."""
@@ -141,31 +146,51 @@ class CaptchaModule(pl.LightningModule):
                                    label_smoothing=self.hparams.label_smoothing)
         return per_char * targets.shape[1]
 
-    def update_metrics(self, metrics, logits, targets):
+    def scores(self, logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: exact match (0/1) and the share of its characters read right at their position."""
         preds, targets = compared(logits, targets, self.hparams.head)
-        valid = targets != PAD
-        metrics["exact_match"].update((preds == targets).all(1).float())
-        metrics["char_acc"].update(((preds == targets) & valid).sum(1) / valid.sum(1))
+        valid, right = targets != PAD, preds == targets
+        return right.all(1).float(), (right & valid).sum(1) / valid.sum(1)
 
     def _step(self, batch, stage: str):
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
         metrics = getattr(self, f"{stage}_metrics")
-        self.update_metrics(metrics, logits, targets)
+        exact, chars = self.scores(logits, targets)
+        metrics["exact_match"].update(exact)
+        metrics["char_acc"].update(chars)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=False, on_epoch=True, batch_size=len(images),
                  sync_dist=True)  # averaged over DDP processes; a no-op on one device
         self.log_dict(metrics, prog_bar=stage == "val", on_step=False, on_epoch=True, batch_size=len(images))
-        return loss
 
-    def training_step(self, batch, batch_idx):
+    def on_train_start(self):
         # low_res < 1: the first low_res_until of the steps train on smaller images, which cost
         # low_res^2 of the compute (the network pools globally, so any size fits); the rest at full
         # size, where the model is validated and used
-        low = self.hparams.low_res < 1 and self.global_step < self.hparams.low_res_until * self.trainer.estimated_stepping_batches
+        if self.hparams.low_res < 1:
+            self.low_res_steps = self.hparams.low_res_until * self.trainer.estimated_stepping_batches
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        low = self.global_step < self.low_res_steps
         if self.hparams.augment > 0 or low:
-            batch = (self.augmented(batch[0], self.low_res_size if low else None), batch[1])
-        return self._step(batch, "train")
+            images = self.augmented(images, self.low_res_size if low else None)
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        with torch.no_grad():
+            exact, chars = self.scores(logits, targets)
+            self.train_sums += torch.stack([loss.detach() * len(images), exact.sum(), chars.sum()])
+        self.train_images += len(images)
+        return loss
+
+    def on_train_epoch_end(self):
+        if self.train_images:  # one device-to-host copy an epoch
+            loss, exact, chars = (self.train_sums / self.train_images).tolist()
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # averaged over DDP processes
+            self.log_dict({"train/exact_match": exact, "train/char_acc": chars}, sync_dist=True)
+        self.train_sums.zero_()
+        self.train_images = 0
 
     @torch.no_grad()
     def update_ema(self, step: int):

@@ -78,3 +78,29 @@ def test_low_res_is_checked():
     assert model.low_res_size == (20, 65)
     images = torch.randint(0, 256, (2, 3, 40, 120), dtype=torch.uint8)
     assert model.train()(model.augmented(images, model.low_res_size)).shape == (2, 9, 11)
+
+
+def test_training_figures_are_the_epoch_means_of_the_steps():
+    # lr=0 leaves the weights as they are, so each batch's loss and readings can be recomputed here
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = CaptchaModule(task="task2", length=2, width=24, height=24, alphabet="0123", widths=(16, 16, 16, 16),
+                          optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    images, targets = torch.randint(0, 256, (10, 3, 24, 24), dtype=torch.uint8), torch.randint(0, 4, (10, 2))
+    targets[:3] = model.train()(images[:4]).argmax(-1)[:3]  # some right readings, so exact match is not 0
+    losses, exact, chars = [], [], []
+    for i in range(0, 10, 4):  # batches of 4, 4 and 2, in order
+        logits = model(images[i:i + 4])
+        losses.append(model.loss(logits, targets[i:i + 4]).item() * len(logits))
+        e, c = model.scores(logits, targets[i:i + 4])
+        exact.append(e.sum().item()), chars.append(c.sum().item())
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(TensorDataset(images, targets), batch_size=4))
+    got = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert got["train/loss"] == pytest.approx(sum(losses) / 10, rel=1e-5)
+    assert got["train/exact_match"] == pytest.approx(sum(exact) / 10) and 0 < got["train/exact_match"] < 1
+    assert got["train/char_acc"] == pytest.approx(sum(chars) / 10)
+    assert model.train_images == 0 and not model.train_sums.any()  # reset for the next epoch
