@@ -106,11 +106,12 @@ class CaptchaModule(pl.LightningModule):
         metrics = MetricCollection({"exact_match": MeanMetric(nan_strategy="disable"),
                                     "char_acc": MeanMetric(nan_strategy="disable")})
         self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{stage}/") for stage in ("val", "test"))
-        # training sums the same figures on the device, (loss, exact matches, char_acc) times images, and
-        # logs their means once an epoch: per step, self.log and torchmetrics cost about 2 ms of Python,
-        # which is most of what Lightning adds to a GPU step waiting on the host (bench/README.md)
+        # training sums its figures on the device, (loss, exact matches, char_acc) times images, and logs
+        # their means once an epoch: per step, self.log and torchmetrics cost about 2 ms of Python, which
+        # is most of what Lightning adds to a GPU step waiting on the host (bench/README.md). The loss
+        # counts every batch, exact match and char_acc every trainer.log_every_n_steps-th (a dozen kernels)
         self.register_buffer("train_sums", torch.zeros(3), persistent=False)
-        self.train_images = 0
+        self.train_images = self.train_scored = 0
         self.low_res_steps = 0  # the steps trained at low_res_size, set when training starts
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -178,19 +179,23 @@ class CaptchaModule(pl.LightningModule):
             images = self.augmented(images, self.low_res_size if low else None)
         logits = self(images)
         loss = self.loss(logits, targets)
-        with torch.no_grad():
-            exact, chars = self.scores(logits, targets)
-            self.train_sums += torch.stack([loss.detach() * len(images), exact.sum(), chars.sum()])
+        self.train_sums[0].add_(loss.detach(), alpha=len(images))
         self.train_images += len(images)
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            with torch.no_grad():
+                exact, chars = self.scores(logits, targets)
+                self.train_sums[1:] += torch.stack([exact.sum(), chars.sum()])
+            self.train_scored += len(images)
         return loss
 
     def on_train_epoch_end(self):
-        if self.train_images:  # one device-to-host copy an epoch
-            loss, exact, chars = (self.train_sums / self.train_images).tolist()
-            self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # averaged over DDP processes
-            self.log_dict({"train/exact_match": exact, "train/char_acc": chars}, sync_dist=True)
+        if self.train_scored:  # one device-to-host copy an epoch
+            loss, exact, chars = self.train_sums.tolist()
+            self.log("train/loss", loss / self.train_images, prog_bar=True, sync_dist=True)  # averaged over DDP processes
+            self.log_dict({"train/exact_match": exact / self.train_scored, "train/char_acc": chars / self.train_scored},
+                          sync_dist=True)
         self.train_sums.zero_()
-        self.train_images = 0
+        self.train_images = self.train_scored = 0
 
     @torch.no_grad()
     def update_ema(self, step: int):
