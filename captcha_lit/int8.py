@@ -21,6 +21,16 @@ def copy_path(ckpt) -> Path:
     return ckpt.with_suffix(".int8.onnx") if ckpt.suffix == ".ckpt" else Path(f"{ckpt}.int8.onnx")
 
 
+def original_path(copy) -> Path:
+    """The int8 copy's fp32 original, which reads its near ties again: X.int8.fp32.onnx."""
+    return Path(copy).with_suffix(".fp32.onnx")
+
+
+def again(read_again) -> str:
+    """For messages: how many of the checked images the copy read again in fp32, if any."""
+    return f"; {read_again} near ties read again in fp32" if read_again else ""
+
+
 def digest(path) -> str:
     """The file's sha256: ties an int8 copy to the exact checkpoint it was made from."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -68,11 +78,14 @@ def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
         same, n = int(checked["same_string"]), int(checked["images"])
     except (TypeError, KeyError, ValueError):  # a contract without a usable count: never checked
         same, n = 0, 0
-    said = f"{path.name} (reads as fp32 on {same} of {n} checked images)"
+    said = f"{path.name} (reads as fp32 on {same} of {n} checked images{again(checked.get('read_again'))})"
     if forced:
         return path, said
     if not n or same < AGREEMENT * n:
         return None, f"{said}: not faithful enough"
+    look = contract.get("second_look")
+    if isinstance(look, dict) and not (path.parent / str(look.get("model"))).is_file():
+        return None, f"{said}: its fp32 original {look.get('model')} is missing"
     if not cpu_has_vnni():
         return None, f"{said}: this CPU has no VNNI, where int8 does not pay"
     return path, said

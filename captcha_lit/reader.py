@@ -47,6 +47,24 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[st
     return labels, np.asarray(confidence)
 
 
+def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
+    """Per image: whether at some step its top two classes are within `margin` of each other."""
+    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]).min(-1) < margin
+
+
+def second_look(first, second, margin: float):
+    """A logits function: `first`'s logits (B, 3, H, W uint8 in), with the images that are near ties
+    there read again by `second` (an int8 model checked by its fp32 original)."""
+    def logits_fn(x: np.ndarray) -> np.ndarray:
+        logits = np.array(first(x))
+        close = near_ties(logits, margin)
+        if close.any():
+            logits[close] = second(np.ascontiguousarray(x[close]))
+        return logits
+    return logits_fn
+
+
 # Test-time views (tta=N takes the first N): (dx, dy) pixel shifts and a zoom about the centre,
 # as small as the training augmentation's. No flips: they change characters.
 VIEWS = [(0, 0, 1.0), (2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.06), (0, 0, 0.94), (2, 2, 1.03)]
@@ -68,6 +86,10 @@ def log_mean_softmax(logits: list[np.ndarray]) -> np.ndarray:
         e = np.exp(x - x.max(-1, keepdims=True))
         total = total + e / e.sum(-1, keepdims=True)
     return np.log(total / len(logits) + 1e-30)
+
+
+def run_onnx(session, name: str, x: np.ndarray) -> np.ndarray:
+    return session.run(None, {name: x})[0]
 
 
 class CaptchaReader:
@@ -164,6 +186,8 @@ class CaptchaReader:
             contract = json.loads(contract_path.read_text())
             task = (contract["task"], contract["length"], contract["alphabet"], contract["width"], contract["height"],
                     contract.get("head", "positions"), contract.get("lowercase", False))
+            look = contract.get("second_look")  # an int8 copy's fp32 original, for its near ties (export.py)
+            look = None if look is None else (path.parent / str(look["model"]), float(look["margin"]))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise CaptchaError(f"{contract_path}: not a captcha-lit export contract ({type(e).__name__}: {e})") from None
         try:
@@ -175,9 +199,17 @@ class CaptchaReader:
             raise CaptchaError(f"{path}: the graph takes {graph_input.shape[2:]} (height, width) images, but its "
                                f"contract {contract_path.name} says {task[3]}x{task[4]}: they belong to different models")
         name = graph_input.name
+        run = partial(run_onnx, session, name)
+        if look is not None:
+            original, margin = look
+            if not original.is_file():
+                raise CaptchaError(f"{path}: its contract reads near ties again with {original}, which is missing; "
+                                   f"export the model again")
+            run = second_look(run, partial(run_onnx, ort.InferenceSession(str(original), providers=["CPUExecutionProvider"]),
+                                           name), margin)
 
         def logits_fn(images: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: np.ascontiguousarray(images.transpose(0, 3, 1, 2))})[0]
+            return run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
         reader = cls(logits_fn, *task, source=str(path), **kwargs)
         reader.precision = f"{contract.get('precision', 'fp32')} on onnxruntime"

@@ -230,7 +230,7 @@ def write_int8_copy(ckpt: Path, datamodule) -> None:
     images (test images without a validation split, other training images without either). A
     failure costs the copy, not the run."""
     from .export import export_int8
-    from .int8 import AGREEMENT
+    from .int8 import AGREEMENT, again
 
     train_set = datamodule.train_set
     real = datamodule.real_train_size or len(train_set)  # real images come first in a mixed set
@@ -246,13 +246,13 @@ def write_int8_copy(ckpt: Path, datamodule) -> None:
         print(f"int8 copy: not written: no images to check it on; make one with: captcha-export {ckpt} --int8 IMAGES")
         return
     try:
-        path, same = export_int8(ckpt, _images(train_set, calibration), _images(held_out, check))
+        path, same, read_again = export_int8(ckpt, _images(train_set, calibration), _images(held_out, check))
     except Exception as e:  # the run's result stands without its copy
         log.warning(f"int8 copy not written ({type(e).__name__}: {e}); make one with: captcha-export {ckpt} --int8 IMAGES")
         return
     used = ("predict.py reads with it on CPUs with VNNI" if same >= AGREEMENT * len(check) else
             f"under {AGREEMENT:.1%}, so predict.py reads the checkpoint (precision=int8 forces the copy)")
-    print(f"int8 copy: {path} reads as fp32 on {same} of {len(check)} {what} images: {used}")
+    print(f"int8 copy: {path} reads as fp32 on {same} of {len(check)} {what} images{again(read_again)}: {used}")
 
 
 def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:

@@ -15,9 +15,9 @@ from PIL import Image
 
 from captcha_lit import CaptchaReader
 from captcha_lit.errors import CaptchaError
-from captcha_lit.export import export_ddddocr, export_onnx, int8_from_folder
+from captcha_lit.export import export_ddddocr, export_int8, export_onnx, int8_from_folder
 from captcha_lit.predict import predict
-from captcha_lit.reader import shifted
+from captcha_lit.reader import near_ties, shifted
 from captcha_lit.train import train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, write_csv
@@ -322,16 +322,32 @@ def test_an_int8_export_is_calibrated_on_the_tasks_images_and_stays_close_to_fp3
     ckpt = shutil.copy(ckpts["task3"], tmp_path / "t3.ckpt")
     fp32 = CaptchaReader.from_onnx(export_onnx(ckpt, tmp_path / "f.onnx"))
     said = int8_from_folder(ckpt, data)  # calibrates on d/task3; no others to check on: the same 40
-    int8_path = tmp_path / "t3.int8.onnx"  # by default the checkpoint's int8 copy
-    assert re.fullmatch(rf"{re.escape(str(int8_path))}: reads as fp32 on \d+ of 40 images of {re.escape(str(data))}", said)
+    int8_path = tmp_path / "t3.int8.onnx"  # by default the checkpoint's int8 copy, with its fp32 original
     contract = json.loads((tmp_path / "t3.int8.onnx.json").read_text())
     assert contract["precision"] == "int8" and contract["checkpoint_sha256"] == hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
     assert int8_path.stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size  # int8 weights
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "task3").glob("*.png"))])
-    a, b = fp32.logits(images).ravel(), CaptchaReader.from_onnx(int8_path).logits(images).ravel()
-    assert np.corrcoef(a, b)[0, 1] > 0.98 and not np.allclose(a, b, atol=1e-4)  # close, but really quantised
-    same = sum(x == y for x, y in zip(fp32.read(images), CaptchaReader.from_onnx(int8_path).read(images)))
-    assert contract["agreement"] == {"images": 40, "same_string": same}
+    copy = CaptchaReader.from_onnx(int8_path)
+    same = sum(x == y for x, y in zip(fp32.read(images), copy.read(images)))
+    margin, again = contract["second_look"]["margin"], contract["agreement"]["read_again"]
+    assert contract["second_look"]["model"] == "t3.int8.fp32.onnx" and margin > 0
+    assert contract["agreement"] == {"images": 40, "same_string": same, "read_again": again}
+    assert said == f"{int8_path}: reads as fp32 on {same} of 40 images of {data}" + (
+        f"; {again} near ties read again in fp32" if again else "")
+    # the copy reads as its int8 model does, but its near ties (and only those) as the fp32 original does
+    import onnxruntime as ort
+    raw = {name: ort.InferenceSession(str(tmp_path / name)).run(None, {"images": images.transpose(0, 3, 1, 2).copy()})[0]
+           for name in ("t3.int8.onnx", "t3.int8.fp32.onnx")}
+    int8, original = raw["t3.int8.onnx"], raw["t3.int8.fp32.onnx"]
+    assert np.corrcoef(int8.ravel(), original.ravel())[0, 1] > 0.98 and not np.allclose(int8, original, atol=1e-4)
+    close = near_ties(int8, margin)
+    assert 0 < again == close.sum() < 40 and np.array_equal(copy.logits(images), np.where(close[:, None, None], original, int8))
+    plain = export_int8(ckpt, images[:8], images, tmp_path / "plain.int8.onnx")[0]  # an explicit output: int8 alone
+    assert "second_look" not in json.loads((tmp_path / "plain.int8.onnx.json").read_text())
+    assert not (tmp_path / "plain.int8.fp32.onnx").exists() and CaptchaReader.from_onnx(plain).read(images)
+    (tmp_path / "t3.int8.fp32.onnx").unlink()
+    with pytest.raises(CaptchaError, match="reads near ties again with .*t3.int8.fp32.onnx, which is missing"):
+        CaptchaReader.from_onnx(int8_path)
     with pytest.raises(CaptchaError, match="no images to calibrate on"):
         int8_from_folder(ckpt, tmp_path / "empty")
 
@@ -360,12 +376,15 @@ def test_training_writes_an_int8_copy_that_predict_reads_with_where_it_pays(tmp_
     same = contract["agreement"]["same_string"]
     assert contract["agreement"]["images"] == 64 and 0 <= same <= 64  # the 64 validation images
     assert f"int8 copy: {copy} reads as fp32 on {same} of 64 validation images" in printed
+    assert best.with_suffix(".int8.fp32.onnx").is_file()  # the fp32 original, for the copy's near ties
     data = make_folder(tmp_path / "d", {"task1": 20})
     monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
     monkeypatch.setattr("captcha_lit.int8.AGREEMENT", same / 64)  # this tiny model's own agreement passes
     direct, _ = read_with(tmp_path, copy, data, capsys)
     rows, said = read_with(tmp_path, best, data, capsys)
-    assert rows == direct and said == f"task1: int8 from its copy {copy.name} (reads as fp32 on {same} of 64 checked images)"
+    again = contract["agreement"]["read_again"]
+    assert rows == direct and said == (f"task1: int8 from its copy {copy.name} (reads as fp32 on {same} of 64 checked "
+                                       f"images" + (f"; {again} near ties read again in fp32)" if again else ")"))
     _, said = read_with(tmp_path, best, data, capsys, precision=32)  # the flag that forces fp32
     assert said == "task1: fp32 on cpu"
     monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: False)
@@ -378,7 +397,7 @@ def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoin
                                                                                   monkeypatch):
     best, _ = int8_run
     ckpt = shutil.copy(best, tmp_path / "m.ckpt")
-    for suffix in (".int8.onnx", ".int8.onnx.json"):
+    for suffix in (".int8.onnx", ".int8.onnx.json", ".int8.fp32.onnx"):
         shutil.copy(best.with_suffix(suffix), tmp_path / f"m{suffix}")
     data = make_folder(tmp_path / "d", {"task1": 10})
     monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
@@ -389,8 +408,11 @@ def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoin
     _, said = read_with(tmp_path, ckpt, data, capsys)
     assert said.endswith("int8 copy not used: m.int8.onnx (reads as fp32 on 998 of 1000 checked images): not faithful enough")
     contract["agreement"]["same_string"] = 999
+    contract["second_look"]["model"] = "m.int8.fp32.onnx"
     contract_path.write_text(json.dumps(contract))
     assert read_with(tmp_path, ckpt, data, capsys)[1].startswith("task1: int8 from its copy m.int8.onnx")
+    (tmp_path / "m.int8.fp32.onnx").rename(tmp_path / "elsewhere.onnx")
+    assert read_with(tmp_path, ckpt, data, capsys)[1].endswith("its fp32 original m.int8.fp32.onnx is missing")
     shutil.copy(ckpts["task1"], ckpt)  # the checkpoint replaced: its old copy is another model's
     _, said = read_with(tmp_path, ckpt, data, capsys)
     assert said.endswith("int8 copy not used: m.int8.onnx was made from another checkpoint")
