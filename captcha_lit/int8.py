@@ -1,5 +1,6 @@
-"""A checkpoint's int8 copy: X.int8.onnx (and its contract X.int8.onnx.json) beside X.ckpt,
-written after training or by `captcha-export X.ckpt --int8 IMAGES`. Readers use it instead of the
+"""A checkpoint's int8 copy: X.int8.onnx (with its contract X.int8.onnx.json and its fp32
+original X.int8.fp32.onnx, which reads the int8 model's near ties again) beside X.ckpt, written
+after training or by `captcha-export X.ckpt --int8 IMAGES`. Readers use it instead of the
 checkpoint where it is both fast and faithful: on a CPU with int8 dot products (VNNI), when it
 was made from this very checkpoint, and when it read the same strings as fp32 on the images it
 was checked on. Finding it needs neither PyTorch nor onnxruntime."""
