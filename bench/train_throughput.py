@@ -7,7 +7,8 @@ on the same uint8 batches already in memory, served by the same batched DataLoad
 datamodule uses for in-memory data. Only steady-state steps are timed: each run does --warmup
 steps first. Rounds alternate the variants so that drift hits them all alike; the table shows
 medians, and the best round (on a shared machine, the least disturbed one). The Lightning side
-also runs what training_step does besides the loss (torchmetrics updates, self.log). The plain
+also runs what training_step does besides the loss (summing the loss, and exact match on every
+10th batch, log_every_n_steps as conf/trainer/default.yaml sets it). The plain
 loop also runs in the --precisions given (fp32 NCHW vs bf16 channels-last); a variant ending in
 "+compile" is the same loop with the network under torch.compile (train.py's compile=true).
 """
@@ -54,7 +55,7 @@ amp = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")  # (16-m
 matching = f"{amp}-cl"  # the module trains channels-last (its widths are all >= 16)
 variants = ["lightning", matching] + [p for p in args.precisions.split(",") if p and p != matching]
 
-# one epoch holds every step of a run, so no epoch-end work (metric compute) falls inside it
+# one epoch holds every step of a run, so no epoch-end work (logging the epoch's figures) falls inside it
 n = args.batch * (args.warmup + args.steps)
 rng = np.random.default_rng(0)
 data = ArrayDataset(rng.integers(0, 256, (n, HP["height"], HP["width"], 3), dtype=np.uint8),
@@ -91,7 +92,7 @@ def run_lightning():
     timer = StepTimer()
     trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=10,
                          benchmark=dev.type == "cuda", callbacks=[timer])
     trainer.fit(module, train_dataloaders=loader)
     return timer.seconds

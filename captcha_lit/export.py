@@ -137,9 +137,9 @@ def export_onnx(ckpt, output=None) -> Path:
 
 
 def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None) -> tuple[Path, int, int]:
-    """An int8 model calibrated on `calibration` images; how many of `check` it reads as fp32 does,
-    and how many of those it read again in fp32 (both (N, H, W, 3) uint8). Default output: the
-    checkpoint's int8 copy X.int8.onnx, which readers use in its place where it pays (int8.py),
+    """An int8 model calibrated on `calibration` images ((N, H, W, 3) uint8, as `check`); how many
+    of the `check` images it reads as fp32 does, and how many of them it read again in fp32.
+    Default output: the checkpoint's int8 copy X.int8.onnx, which readers use in its place where it pays (int8.py),
     with its fp32 original X.int8.fp32.onnx beside it: images the int8 model finds near a tie
     (within look_margin) are read again by the original. Its contract records the checkpoint's
     sha256, the margin and the agreement. An explicit output is a plain int8 model."""

@@ -2,8 +2,8 @@
 original X.int8.fp32.onnx, which reads the int8 model's near ties again) beside X.ckpt, written
 after training or by `captcha-export X.ckpt --int8 IMAGES`. Readers use it instead of the
 checkpoint where it is both fast and faithful: on a CPU with int8 dot products (VNNI), when it
-was made from this very checkpoint, and when it read the same strings as fp32 on the images it
-was checked on. Finding it needs neither PyTorch nor onnxruntime."""
+was made from this very checkpoint, when it read the same strings as fp32 on the images it
+was checked on, and when its fp32 original is there. Finding it needs neither PyTorch nor onnxruntime."""
 import hashlib
 import json
 import os
@@ -76,17 +76,23 @@ def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
         return None, None if contract is None else f"{path.name} was made from another checkpoint"
     checked = contract.get("agreement")
     try:
-        same, n = int(checked["same_string"]), int(checked["images"])
-    except (TypeError, KeyError, ValueError):  # a contract without a usable count: never checked
-        same, n = 0, 0
-    said = f"{path.name} (reads as fp32 on {same} of {n} checked images{again(checked.get('read_again'))})"
+        same, n, read_again = int(checked["same_string"]), int(checked["images"]), int(checked.get("read_again", 0))
+    except (TypeError, KeyError, ValueError, AttributeError):  # a contract without a usable count: never checked
+        same, n, read_again = 0, 0, 0
+    said = f"{path.name} (reads as fp32 on {same} of {n} checked images{again(read_again)})"
     if forced:
         return path, said
     if not n or same < AGREEMENT * n:
         return None, f"{said}: not faithful enough"
     look = contract.get("second_look")
-    if isinstance(look, dict) and not (path.parent / str(look.get("model"))).is_file():
-        return None, f"{said}: its fp32 original {look.get('model')} is missing"
+    if look is not None:
+        try:
+            original = path.parent / str(look["model"])
+            float(look["margin"])
+        except (TypeError, KeyError, ValueError):
+            return None, f"{said}: its contract's second_look is unreadable"
+        if not original.is_file():
+            return None, f"{said}: its fp32 original {original.name} is missing"
     if not cpu_has_vnni():
         return None, f"{said}: this CPU has no VNNI, where int8 does not pay"
     return path, said

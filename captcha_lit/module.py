@@ -109,8 +109,10 @@ class CaptchaModule(pl.LightningModule):
         # training sums its figures on the device, (loss, exact matches, char_acc) times images, and logs
         # their means once an epoch: per step, self.log and torchmetrics cost about 2 ms of Python, which
         # is most of what Lightning adds to a GPU step waiting on the host (bench/README.md). The loss
-        # counts every batch, exact match and char_acc every trainer.log_every_n_steps-th (a dozen kernels)
-        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
+        # counts every batch, exact match and char_acc every trainer.log_every_n_steps-th (a dozen kernels).
+        # A float32 tensor, not a buffer: DDP would overwrite a buffer with process 0's, and a
+        # bf16-true/16-true run would cast it
+        self.train_sums = torch.zeros(3)
         self.train_images = self.train_scored = 0
         self.low_res_steps = 0  # the steps trained at low_res_size, set when training starts
 
@@ -172,6 +174,10 @@ class CaptchaModule(pl.LightningModule):
         if self.hparams.low_res < 1:
             self.low_res_steps = self.hparams.low_res_until * self.trainer.estimated_stepping_batches
 
+    def on_train_epoch_start(self):
+        self.train_sums = torch.zeros(3, device=self.device)
+        self.train_images = self.train_scored = 0
+
     def training_step(self, batch, batch_idx):
         images, targets = batch
         low = self.global_step < self.low_res_steps
@@ -181,7 +187,8 @@ class CaptchaModule(pl.LightningModule):
         loss = self.loss(logits, targets)
         self.train_sums[0].add_(loss.detach(), alpha=len(images))
         self.train_images += len(images)
-        if batch_idx % self.trainer.log_every_n_steps == 0:
+        every = max(1, self._trainer.log_every_n_steps) if self._trainer else 1  # 0: no step logging, still scored
+        if batch_idx % every == 0:
             with torch.no_grad():
                 exact, chars = self.scores(logits, targets)
                 self.train_sums[1:] += torch.stack([exact.sum(), chars.sum()])
@@ -189,13 +196,14 @@ class CaptchaModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self):
-        if self.train_scored:  # one device-to-host copy an epoch
-            loss, exact, chars = self.train_sums.tolist()
-            self.log("train/loss", loss / self.train_images, prog_bar=True, sync_dist=True)  # averaged over DDP processes
-            self.log_dict({"train/exact_match": exact / self.train_scored, "train/char_acc": chars / self.train_scored},
-                          sync_dist=True)
-        self.train_sums.zero_()
-        self.train_images = self.train_scored = 0
+        counts = torch.tensor([self.train_images, self.train_scored], dtype=torch.float32, device=self.device)
+        sums = self.trainer.strategy.reduce(torch.cat([self.train_sums, counts]), reduce_op="sum")  # over DDP processes
+        loss, exact, chars, images, scored = sums.tolist()  # one device-to-host copy an epoch
+        # sync_dist: the figures are already equal on every process; it spares Lightning's DDP warning
+        if images:
+            self.log("train/loss", loss / images, prog_bar=True, sync_dist=True)
+        if scored:
+            self.log_dict({"train/exact_match": exact / scored, "train/char_acc": chars / scored}, sync_dist=True)
 
     @torch.no_grad()
     def update_ema(self, step: int):

@@ -49,6 +49,8 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[st
 
 def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
     """Per image: whether at some step its top two classes are within `margin` of each other."""
+    if logits.shape[-1] < 2:  # one class: nothing to tie with
+        return np.zeros(len(logits), dtype=bool)
     top2 = np.partition(logits, -2, axis=-1)[..., -2:]
     return (top2[..., 1] - top2[..., 0]).min(-1) < margin
 
@@ -204,7 +206,7 @@ class CaptchaReader:
             original, margin = look
             if not original.is_file():
                 raise CaptchaError(f"{path}: its contract reads near ties again with {original}, which is missing; "
-                                   f"export the model again")
+                                   f"make the copy again: captcha-export CHECKPOINT --int8 IMAGES")
             # its threads sleep between its rare runs instead of spinning against the int8 model's (1.1x)
             quiet = ort.SessionOptions()
             quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -344,7 +344,9 @@ def test_an_int8_export_is_calibrated_on_the_tasks_images_and_stays_close_to_fp3
     assert 0 < again == close.sum() < 40 and np.array_equal(copy.logits(images), np.where(close[:, None, None], original, int8))
     plain = export_int8(ckpt, images[:8], images, tmp_path / "plain.int8.onnx")[0]  # an explicit output: int8 alone
     assert "second_look" not in json.loads((tmp_path / "plain.int8.onnx.json").read_text())
-    assert not (tmp_path / "plain.int8.fp32.onnx").exists() and CaptchaReader.from_onnx(plain).read(images)
+    plain_raw = ort.InferenceSession(str(plain)).run(None, {"images": images.transpose(0, 3, 1, 2).copy()})[0]
+    assert not (tmp_path / "plain.int8.fp32.onnx").exists()
+    assert np.array_equal(CaptchaReader.from_onnx(plain).logits(images), plain_raw)  # read as it is
     (tmp_path / "t3.int8.fp32.onnx").unlink()
     with pytest.raises(CaptchaError, match="reads near ties again with .*t3.int8.fp32.onnx, which is missing"):
         CaptchaReader.from_onnx(int8_path)
@@ -407,12 +409,16 @@ def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoin
     contract_path.write_text(json.dumps(contract))
     _, said = read_with(tmp_path, ckpt, data, capsys)
     assert said.endswith("int8 copy not used: m.int8.onnx (reads as fp32 on 998 of 1000 checked images): not faithful enough")
+    contract_path.write_text(json.dumps({**contract, "agreement": None}))  # never checked
+    assert read_with(tmp_path, ckpt, data, capsys)[1].endswith("(reads as fp32 on 0 of 0 checked images): not faithful enough")
     contract["agreement"]["same_string"] = 999
     contract["second_look"]["model"] = "m.int8.fp32.onnx"
     contract_path.write_text(json.dumps(contract))
     assert read_with(tmp_path, ckpt, data, capsys)[1].startswith("task1: int8 from its copy m.int8.onnx")
     (tmp_path / "m.int8.fp32.onnx").rename(tmp_path / "elsewhere.onnx")
     assert read_with(tmp_path, ckpt, data, capsys)[1].endswith("its fp32 original m.int8.fp32.onnx is missing")
+    contract_path.write_text(json.dumps({**contract, "second_look": {"model": "elsewhere.onnx"}}))
+    assert read_with(tmp_path, ckpt, data, capsys)[1].endswith("its contract's second_look is unreadable")
     shutil.copy(ckpts["task1"], ckpt)  # the checkpoint replaced: its old copy is another model's
     _, said = read_with(tmp_path, ckpt, data, capsys)
     assert said.endswith("int8 copy not used: m.int8.onnx was made from another checkpoint")

@@ -1,3 +1,4 @@
+import csv
 import logging
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert result.stdout.count("final metrics:") == 1  # rank zero reports
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 256 images / 32 per batch / 2 processes: each sees half
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    logged = [r for r in rows if r.get("train/loss")]  # summed over both processes at the epoch's end
+    assert len(logged) == 1 and float(logged[0]["train/loss"]) > 0 and 0 <= float(logged[0]["train/exact_match"]) <= 1
 
 
 def test_weight_average_is_what_evaluates_and_survives_the_checkpoint(tmp_path):
