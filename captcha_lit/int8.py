@@ -27,6 +27,13 @@ def original_path(copy) -> Path:
     return Path(copy).with_suffix(".fp32.onnx")
 
 
+def second_look_of(contract: dict, folder) -> tuple[Path, float] | None:
+    """The fp32 original (in `folder`) and the margin an int8 model's contract names for reading its
+    near ties again; None for a plain model. KeyError, TypeError or ValueError: unreadable."""
+    look = contract.get("second_look")
+    return None if look is None else (Path(folder) / str(look["model"]), float(look["margin"]))
+
+
 def again(read_again) -> str:
     """For messages: how many of the checked images the copy read again in fp32, if any."""
     return f"; {read_again} near ties read again in fp32" if read_again else ""
@@ -84,15 +91,12 @@ def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
         return path, said
     if not n or same < AGREEMENT * n:
         return None, f"{said}: not faithful enough"
-    look = contract.get("second_look")
-    if look is not None:
-        try:
-            original = path.parent / str(look["model"])
-            float(look["margin"])
-        except (TypeError, KeyError, ValueError):
-            return None, f"{said}: its contract's second_look is unreadable"
-        if not original.is_file():
-            return None, f"{said}: its fp32 original {original.name} is missing"
+    try:
+        look = second_look_of(contract, path.parent)
+    except (TypeError, KeyError, ValueError):
+        return None, f"{said}: its contract's second_look is unreadable"
+    if look is not None and not look[0].is_file():
+        return None, f"{said}: its fp32 original {look[0].name} is missing"
     if not cpu_has_vnni():
         return None, f"{said}: this CPU has no VNNI, where int8 does not pay"
     return path, said

@@ -180,6 +180,8 @@ class CaptchaReader:
     def from_onnx(cls, path, **kwargs):
         import onnxruntime as ort
 
+        from .int8 import second_look_of
+
         path = Path(path)
         contract_path = path.with_suffix(path.suffix + ".json")
         if not path.is_file() or not contract_path.is_file():
@@ -188,8 +190,7 @@ class CaptchaReader:
             contract = json.loads(contract_path.read_text())
             task = (contract["task"], contract["length"], contract["alphabet"], contract["width"], contract["height"],
                     contract.get("head", "positions"), contract.get("lowercase", False))
-            look = contract.get("second_look")  # an int8 copy's fp32 original, for its near ties (export.py)
-            look = None if look is None else (path.parent / str(look["model"]), float(look["margin"]))
+            look = second_look_of(contract, path.parent)  # an int8 copy's fp32 original, for its near ties
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise CaptchaError(f"{contract_path}: not a captcha-lit export contract ({type(e).__name__}: {e})") from None
         try:
