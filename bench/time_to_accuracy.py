@@ -79,6 +79,9 @@ def child(args):
                 self.next += args.every
                 self.check(trainer, pl_module)
 
+        def on_train_start(self, trainer, pl_module):
+            self.check(trainer, pl_module)  # where the run starts from (a pretrained reader reads much already)
+
         def on_train_epoch_end(self, trainer, pl_module):
             if not trainer.should_stop:
                 self.check(trainer, pl_module)

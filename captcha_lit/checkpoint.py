@@ -10,6 +10,11 @@ from .errors import CaptchaError
 from .net import ResNet, fold_batchnorm
 from .tasks import length_range
 
+# readers pretrained on rendered images in the competition's style, never a real one
+# (conf/experiment/pretrain.yaml), shipped in the package in fp16: init_from=pretrained starts a
+# run from the one of its task
+PRETRAINED = Path(__file__).parent / "pretrained"
+
 
 def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
     """The checkpoint's hyperparameters and weights, checked.
@@ -43,6 +48,16 @@ def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
         raise CaptchaError(f"{path}: its weights hold NaN or infinite values (the run diverged); use an earlier "
                            f"checkpoint or train with a lower optimizer.lr")
     return hparams, state
+
+
+def pretrained(task: str) -> Path:
+    """The packaged reader of `task` (init_from=pretrained)."""
+    path = PRETRAINED / f"{task}.ckpt"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.ckpt"))) or "no task"
+        raise CaptchaError(f"init_from=pretrained: captcha-lit ships pretrained readers for {have}, not for "
+                           f"task={task}; give a checkpoint (init_from=PATH) or train from scratch (init_from=null)")
+    return path
 
 
 def _unfit(path, e: Exception) -> CaptchaError:

@@ -4,6 +4,7 @@ for the ddddocr package.
     python -m captcha_lit.export CHECKPOINT [OUTPUT.onnx]              (or: captcha-export ...)
     python -m captcha_lit.export CHECKPOINT OUT --format ddddocr        -> OUT.onnx, OUT.charsets.json
     python -m captcha_lit.export CHECKPOINT --int8 IMAGES     -> CHECKPOINT's int8 copy, calibrated on IMAGES
+    python -m captcha_lit.export CHECKPOINT OUT.ckpt --format weights   -> its weights alone, fp16, for init_from=
 
 captcha-lit's graph takes uint8 (B, 3, height, width) images and returns the model's logits;
 scaling and normalisation are inside it. The contract (task, length, alphabet, size, head,
@@ -206,6 +207,18 @@ def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
     return onnx_path, charsets_path
 
 
+def export_weights(ckpt, output) -> Path:
+    """The checkpoint's hyperparameters and weights alone, floats in fp16 (half the size, nothing
+    of the optimizer): a start for init_from=, as the packaged readers are."""
+    output = Path(output)
+    _refuse_overwriting_input(ckpt, output)
+    hparams, state = read_checkpoint(ckpt)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    with atomic_path(output) as tmp:
+        torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp)
+    return output
+
+
 def int8_from_folder(ckpt, folder, output=None) -> str:
     hp, _ = read_checkpoint(ckpt)
     calibration, check = folder_images(folder, hp["task"], hp["width"], hp["height"])
@@ -218,13 +231,19 @@ def main(argv=None):
     parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")
     parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint; with --int8 its "
                                                   "int8 copy CHECKPOINT.int8.onnx, which predict.py then reads with)")
-    parser.add_argument("--format", choices=("onnx", "ddddocr"), default="onnx",
-                        help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json")
+    parser.add_argument("--format", choices=("onnx", "ddddocr", "weights"), default="onnx",
+                        help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json; "
+                             "weights: OUT.ckpt, the hyperparameters and fp16 weights alone (a start for init_from=, "
+                             "as the packaged readers are)")
     parser.add_argument("--int8", metavar="DIR", help="onnx: an int8 model, calibrated on up to 256 images of DIR "
                                                       "(or of DIR/TASK) and checked against fp32 on up to 1,024 "
                                                       "others: about twice as fast on CPUs with VNNI")
     args = parser.parse_args(argv)
-    if args.format == "ddddocr":
+    if args.format == "weights":
+        if not args.output:
+            parser.error("--format weights: name the output, e.g. captcha-export CKPT reader.ckpt --format weights")
+        print(run_reporting(export_weights, args.ckpt, args.output))
+    elif args.format == "ddddocr":
         print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
     elif args.int8:
         print(run_reporting(int8_from_folder, args.ckpt, args.int8, args.output))

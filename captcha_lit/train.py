@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .checkpoint import read_checkpoint
+from .checkpoint import pretrained, read_checkpoint
 from .datasets import ArrayDataset
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
@@ -89,7 +89,9 @@ def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
     init = cfg.get("init_from")
-    if init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
+    if init == "pretrained":
+        pretrained(cfg.task.name)  # one line naming the tasks that have one, if this one has none
+    elif init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
         raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
                            f"the checkpoints/last.ckpt of a python train.py run)")
     for key, ok, wanted in SETTINGS:
@@ -195,14 +197,20 @@ def final_training(cfg: DictConfig) -> None:
 def start_from(model, path) -> None:
     """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
     match (a network pretrained on rendered images, or trained on another alphabet or length:
-    heads of another shape start fresh). The optimizer, schedule and epochs start anew."""
+    its heads start fresh). init_from=pretrained: the reader captcha-lit ships for the task. The
+    optimizer, schedule and epochs start anew."""
+    path = pretrained(model.hparams.task) if path == "pretrained" else path
     hparams, state = read_checkpoint(path)
     # the network the checkpoint predicts with (its weight average, if it kept one) starts both of
     # this run's copies, the trained one and (with model.ema) the average
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
-    fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape}
+    # heads that read another alphabet, or the same characters in another order, would load by
+    # shape alone and name every character wrongly
+    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length"))
+    fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
+            and (same_heads or not name.startswith("heads."))}
     if not fits.keys() & dict(model.named_parameters()).keys():
         raise CaptchaError(f"init_from={path}: none of its weights fit this model: it has widths={hparams.get('widths')}, "
                            f"strides={hparams.get('strides')}, blocks_per_stage={hparams.get('blocks_per_stage')}")

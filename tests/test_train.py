@@ -8,12 +8,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from captcha_lit.checkpoint import load_module
+from captcha_lit.checkpoint import load_module, pretrained
 from captcha_lit.errors import CaptchaError
+from captcha_lit.export import main as export_main
 from captcha_lit.module import CaptchaModule
+from captcha_lit.reader import CaptchaReader
+from captcha_lit.render import Renderer, sample_rng
+from captcha_lit.tasks import preset
 from captcha_lit.train import start_from, train
 
-from tests.helpers import ROOT, TINY, compose_cfg, make_named_folder, module_args
+from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, module_args
 
 
 @pytest.mark.parametrize("task", ["task1", "task2", "task3"])
@@ -220,3 +224,64 @@ def test_init_from_starts_from_the_weight_average_the_checkpoint_predicts_with(t
         copies = [run.net] + ([run.ema_net] if ema else [])
         for name, w in pretrained.ema_net.state_dict().items():
             assert all(torch.equal(net.state_dict()[name], w) for net in copies), name
+
+
+@pytest.mark.parametrize("name", ["task1", "task2", "task3"])
+def test_packaged_readers_read_captchas_of_their_task(name):
+    """The readers init_from=pretrained starts from (fp16 files in the package) read the rendered
+    competition-style images they were pretrained on; a broken, truncated or mismatched file
+    would read next to none."""
+    path = pretrained(name)
+    task = preset(name)
+    reader = CaptchaReader.from_checkpoint(path, device="cpu", precision="32")
+    assert (reader.task, reader.alphabet, reader.width, reader.height) == (name, task.alphabet, task.width, task.height)
+    renderer = Renderer(task.width, task.height, task.length, task.alphabet, style="kaggle")
+    images, labels = zip(*(renderer.render(sample_rng(1, "packaged", i)) for i in range(40)))
+    assert sum(a == b for a, b in zip(reader.read(list(images)), labels)) >= 36
+
+
+def test_init_from_pretrained_starts_a_recipe_from_the_packaged_reader(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", {"task3": 20})
+    full_width = [o for o in TINY if not o.startswith("model.widths")]  # the packaged reader's widths
+    cfg = compose_cfg("train", ["experiment=kaggle_task3", f"data.root={root}", "trainer=cpu",
+                                "trainer.fast_dev_run=true"] + full_width, tmp_path / "run")
+    assert cfg.init_from == "pretrained"
+    train(cfg)
+    n = len(CaptchaModule(**module_args("task3")).state_dict())
+    assert f"init_from={pretrained('task3')}: {n} of {n} weights loaded\n" in capsys.readouterr().out
+    with pytest.raises(CaptchaError, match=r"init_from=pretrained: captcha-lit ships pretrained readers for task1, "
+                                           r"task2, task3, not for task=mine; give a checkpoint"):
+        pretrained("mine")
+
+
+def test_init_from_starts_heads_of_another_alphabet_fresh(tmp_path, capsys):
+    """Heads of the same shape that name other characters (or the same ones in another order)
+    would load by shape alone and read every character as another one."""
+    args = module_args("task2")
+    pretrained_module = CaptchaModule(**args, widths=[16, 16, 32, 32])
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pretrained_module.hparams), "state_dict": pretrained_module.state_dict()}, path)
+    run = CaptchaModule(**{**args, "alphabet": args["alphabet"][::-1]}, widths=[16, 16, 32, 32])
+    start_from(run, path)
+    assert "starting fresh: net.heads" in capsys.readouterr().out
+    assert not torch.equal(run.net.heads.weight, pretrained_module.net.heads.weight)
+    assert torch.equal(run.net.stem[0].weight, pretrained_module.net.stem[0].weight)
+
+
+def test_weights_export_is_an_fp16_start_for_init_from(tmp_path, capsys):
+    module = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32])
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "epoch": 3,
+                "optimizer_states": [{"state": {}}]}, ckpt)
+    export_main([str(ckpt), str(tmp_path / "start.ckpt"), "--format", "weights"])
+    saved = torch.load(tmp_path / "start.ckpt", weights_only=True)
+    assert set(saved) == {"hyper_parameters", "state_dict"} and saved["hyper_parameters"] == dict(module.hparams)
+    assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    run = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32])
+    start_from(run, tmp_path / "start.ckpt")
+    assert all(torch.equal(run.state_dict()[k], v.half().float()) for k, v in module.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(SystemExit):  # refused before anything is written: the checkpoint itself
+        export_main([str(ckpt), str(ckpt), "--format", "weights"])
+    assert "that is the checkpoint being exported" in capsys.readouterr().err
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3
