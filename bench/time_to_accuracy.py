@@ -6,9 +6,10 @@
 Each variant is `python train.py experiment=kaggle_TASK` plus its overrides, run in its own
 process (start-up counts), one after another, never two at once. Every variant trains with
 `data.test_fraction=0.2` and the same seed, so all are scored on the same test split, which none
-trains on or picks a checkpoint by (the split draws it first). Every --every training images and
-at each epoch's end the test split is read (in the run's precision); that reading is not counted
-in the wall time. A variant stops when it first reaches the target. Prints, per variant, the
+trains on or picks a checkpoint by (the split draws it first). Before training, every --every
+training images and at each epoch's end the test split is read (in the run's precision); that
+reading is not counted in the wall time. A variant stops when it first reaches the target (one
+that starts from a pretrained reader may do so before training; --target 1.01 reads a whole run). Prints, per variant, the
 epoch, images seen and wall time at that point (or its best if it never does), and ends with
 the ratio of the first variant's time to the last one's.
 

@@ -54,9 +54,10 @@ def pretrained(task: str) -> Path:
     """The packaged reader of `task` (init_from=pretrained)."""
     path = PRETRAINED / f"{task}.ckpt"
     if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.ckpt"))) or "no task"
-        raise CaptchaError(f"init_from=pretrained: captcha-lit ships pretrained readers for {have}, not for "
-                           f"task={task}; give a checkpoint (init_from=PATH) or train from scratch (init_from=null)")
+        have = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.ckpt")))
+        what = f"ships pretrained readers for {have}" if have else f"was installed without its readers ({PRETRAINED} is empty)"
+        raise CaptchaError(f"init_from=pretrained: captcha-lit {what}, not for task={task}; give a checkpoint "
+                           f"(init_from=PATH) or train from scratch (init_from=null)")
     return path
 
 

@@ -89,7 +89,7 @@ def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
     init = cfg.get("init_from")
-    if init == "pretrained":
+    if init == "pretrained" and not cfg.get("ckpt_path"):
         pretrained(cfg.task.name)  # one line naming the tasks that have one, if this one has none
     elif init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
         raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
@@ -212,7 +212,8 @@ def start_from(model, path) -> None:
     fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
             and (same_heads or not name.startswith("heads."))}
     if not fits.keys() & dict(model.named_parameters()).keys():
-        raise CaptchaError(f"init_from={path}: none of its weights fit this model: it has widths={hparams.get('widths')}, "
+        raise CaptchaError(f"init_from={path}: none of its weights fit this model (init_from=null trains from scratch): "
+                           f"it has widths={hparams.get('widths')}, "
                            f"strides={hparams.get('strides')}, blocks_per_stage={hparams.get('blocks_per_stage')}")
     model.load_state_dict(fits, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})

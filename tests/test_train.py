@@ -207,7 +207,8 @@ def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_pa
 
     other = CaptchaModule(**module_args("task2"), widths=[8, 8, 8, 8])  # no weight fits
     torch.save({"hyper_parameters": dict(other.hparams), "state_dict": other.state_dict()}, path)
-    with pytest.raises(CaptchaError, match=r"init_from=.*none of its weights fit this model: it has widths=\[8, 8, 8, 8\]"):
+    with pytest.raises(CaptchaError, match=r"init_from=.*none of its weights fit this model \(init_from=null trains from scratch\): it has "
+                                           r"widths=\[8, 8, 8, 8\]"):
         train(compose_cfg("train", ["trainer=cpu", f"init_from={path}"] + TINY, tmp_path / "run2"))
 
 
