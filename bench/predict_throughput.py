@@ -20,13 +20,15 @@
 2. End to end. A competition-style folder of 10,000 PNGs (the real mix of tasks and sizes, drawn
    with repetition from the labelled images) and its sample_submission.csv; `python predict.py`
    is timed on it, start-up included: this tree's default (the checkpoints with their int8
-   copies), precision=bf16 and precision=32, and, with --old REV, the predict.py of git revision
-   REV (checked out into a temporary worktree), and with --compare T1 T2 T3 the default of other
-   checkpoints (say, a recipe at another image size; they get int8 copies too), alternating. The
-   last line is `predict 10k: S s` (this tree's default, median).
+   copies), precision=bf16 and precision=32 (--runs picks), and, with --old REV, the predict.py of
+   git revision REV (checked out into a temporary worktree, reading copies of the checkpoints
+   that its module can load), and with --compare T1 T2 T3 the default of other checkpoints (say,
+   a recipe at another image size; they get int8 copies too), alternating. The last line is
+   `predict 10k: S s` (the first of --runs, median).
 """
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -56,8 +58,14 @@ parser.add_argument("--ckpt", nargs=3, required=True, help="task1, task2 and tas
 parser.add_argument("--rounds", type=int, default=2)
 parser.add_argument("--n", type=int, default=1024, help="labelled images per task in the models-alone part")
 parser.add_argument("--batch", type=int, default=32, help="the reader's batch size (predict.yaml's default)")
-parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's (it must "
-                                   "load the checkpoints: 1446b1d reads none trained after it added low_res)")
+parser.add_argument("--old", help="a git revision whose predict.py is timed end to end beside this tree's, on copies "
+                                   "of the checkpoints holding only the hyperparameters its module takes")
+parser.add_argument("--runs", nargs="+", default=["default", "precision=bf16", "precision=32"],
+                    help="this tree's end-to-end runs: 'default', or predict.py overrides in one argument "
+                         "('precision=32 batch_size=16'); the first is the one the others are compared with. To time "
+                         "an AVX2-only CPU on an AVX512 one, set ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 and "
+                         "give --skip-models --runs precision=32 (what the default reads with there; onnxruntime "
+                         "ignores those variables, so the int8 default cannot be emulated)")
 parser.add_argument("--compare", nargs=3, help="task1, task2 and task3 checkpoints timed end to end beside --ckpt")
 parser.add_argument("--skip-models", action="store_true", help="only the end-to-end runs")
 parser.add_argument("--scale", type=float, default=1.0, help="end-to-end folder size as a share of 10,000 (a quick check)")
@@ -153,14 +161,32 @@ def listed(paths) -> str:
     return "ckpt=[" + ",".join(str(Path(p).resolve()) for p in paths) + "]"
 
 
-runs = {"default": (ROOT, []), "precision=bf16": (ROOT, ["precision=bf16"]), "precision=32": (ROOT, ["precision=32"])}
+def for_old_tree(tree: Path) -> list[Path]:
+    """Copies of the checkpoints that an older revision can load: only the hyperparameters its
+    CaptchaModule takes (those added since, such as low_res, only matter to training)."""
+    code = ("import inspect, json; from captcha_lit.module import CaptchaModule; "
+            "print(json.dumps(list(inspect.signature(CaptchaModule).parameters)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                         check=True, capture_output=True, text=True).stdout
+    takes = set(json.loads(out.splitlines()[-1]))
+    copies = []
+    for task, path in ckpts.items():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["hyper_parameters"] = {k: v for k, v in ckpt["hyper_parameters"].items() if k in takes}
+        copies.append(tmp / "old-ckpts" / f"{task}.ckpt")
+        copies[-1].parent.mkdir(exist_ok=True)
+        torch.save(ckpt, copies[-1])
+    return copies
+
+
+runs = {name: (ROOT, [] if name == "default" else name.split()) for name in args.runs}
 if args.compare:
     runs["compare: default"] = (ROOT, [listed(with_int8_copy(c, f"compare-{t}") for t, c in zip(MIX, args.compare))])
 if args.old:
     old = tmp / "old"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
                    capture_output=True)
-    runs[f"old {args.old}"] = (old, [])
+    runs[f"old {args.old}"] = (old, [listed(for_old_tree(old))])
 wall = {k: [] for k in runs}
 outputs = {}
 try:
@@ -176,14 +202,16 @@ try:
 finally:
     if args.old:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
-base = outputs["precision=32"].splitlines()
+first = args.runs[0]  # what the other runs are compared with
+reference = "precision=32" if "precision=32" in runs else first  # whose rows the others should equal
+base = outputs[reference].splitlines()
 print(f"\npython predict.py on {len(rows):,} PNGs ({', '.join(f'{round(n * args.scale):,} {t}' for t, n in MIX.items())}), "
       f"start-up included:")
 for name in runs:
     same = np.mean([a == b for a, b in zip(outputs[name].splitlines()[1:], base[1:])])
-    agree = "other models" if name.startswith("compare") else f"rows as precision=32: {same:.4f}"
-    ratio = statistics.median(wall[next(iter(runs))]) / statistics.median(wall[name])
+    agree = "other models" if name.startswith("compare") else f"rows as {reference}: {same:.4f}"
+    ratio = statistics.median(wall[first]) / statistics.median(wall[name])
     print(f"  {name:<22} median {statistics.median(wall[name]):6.1f} s of {['%.1f' % w for w in wall[name]]}, "
-          f"{agree}, default is {1 / ratio:.2f}x as fast")
+          f"{agree}, {first} is {1 / ratio:.2f}x as fast")
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"predict {len(rows) / 1000:g}k: {statistics.median(wall['default']):.1f} s")
+print(f"predict {len(rows) / 1000:g}k: {statistics.median(wall[first]):.1f} s ({first})")
