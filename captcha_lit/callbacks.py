@@ -7,6 +7,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 from .alphabet import decode
+from .module import greedy_decode
+
+
+def captions(module, images, targets) -> list[tuple[str, str]]:
+    """(read, true) per image, read as the model reads (CTC: repeats merged, blanks dropped)."""
+    with torch.no_grad():
+        preds = greedy_decode(module(images), module.hparams.head)
+    alphabet = module.hparams.alphabet
+    return [(decode(p, alphabet), decode(t, alphabet)) for p, t in zip(preds.cpu(), targets.cpu())]
 
 
 class ValidationImages(pl.Callback):
@@ -21,14 +30,10 @@ class ValidationImages(pl.Callback):
         if logger is None or batch_idx != 0 or trainer.sanity_checking:
             return
         images, targets = batch[0][: self.count], batch[1][: self.count]
-        with torch.no_grad():
-            preds = pl_module(images).argmax(-1)
-        alphabet = pl_module.hparams.alphabet
         tiles = []
-        for image, pred, target in zip(images.cpu(), preds.cpu(), targets.cpu()):
+        for image, (p, t) in zip(images.cpu(), captions(pl_module, images, targets)):
             tile = Image.new("RGB", (image.shape[2], image.shape[1] + 12), "white")
             tile.paste(Image.fromarray(image.permute(1, 2, 0).numpy()))
-            p, t = decode(pred, alphabet), decode(target, alphabet)
             ImageDraw.Draw(tile).text((2, image.shape[1]), f"{p} / {t}", fill="green" if p == t else "red")
             tiles.append(torch.from_numpy(np.array(tile)).permute(2, 0, 1))
         logger.experiment.add_image("val/predictions", make_grid(tiles, nrow=8, pad_value=255), trainer.global_step)

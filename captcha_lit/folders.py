@@ -7,6 +7,7 @@ Three layouts are read:
 """
 import csv
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -41,16 +42,19 @@ def read_csv_rows(csv_path: Path) -> list[tuple[int, str, str]]:
             continue  # blank line
         if len(fields) != 2:
             raise CaptchaError(f"{csv_path}, line {lineno}: expected 2 fields (filename,label), found {len(fields)}")
+        if not fields[0].strip():
+            raise CaptchaError(f"{csv_path}, line {lineno}: no filename")
         rows.append((lineno, fields[0].strip(), fields[1].strip()))
     return rows
 
 
 def inside(root: Path, filename: str, where: str) -> Path:
-    """root/filename, refusing names that point outside root (absolute, or through '..')."""
-    path = root / filename
-    if Path(filename).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+    """root/filename, refusing names that point outside root (absolute, or through '..'). The name
+    is checked as written, not resolved: images linked in from elsewhere are fine."""
+    parts = Path(os.path.normpath(filename)).parts
+    if Path(filename).is_absolute() or not parts or parts[0] in ("..", "."):
         raise CaptchaError(f"{where}: {filename!r} points outside {root}; name images relative to the folder")
-    return path
+    return root / filename
 
 
 def label_of(path: Path) -> str:
@@ -102,6 +106,8 @@ def labelled_items(root, task_name: str | None = None) -> tuple[list[tuple[Path,
             duplicates += 1
             continue
         seen[filename] = (lineno, label)
+        if not label and layout != "competition":
+            raise CaptchaError(f"{where}: {filename} has no label")
         items.append((inside(root, filename, where), label, where))
     if duplicates:
         log.warning(f"{csv_path}: dropped {duplicates} duplicate rows")

@@ -17,7 +17,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     elif img.mode in ("I", "F"):  # 32-bit: no fixed range, so the brightest pixel becomes white
         a = np.asarray(img, dtype=np.float64)
         img = Image.fromarray((a * (255.0 / max(a.max(), 1e-12))).clip(0, 255).round().astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # a colour key, not an alpha channel
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))

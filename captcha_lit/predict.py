@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig
 
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
-from .folders import inside, read_csv_rows
+from .folders import COMPETITION_TASKS, inside, read_csv_rows
 from .images import IMAGE_SUFFIXES
 from .reader import CaptchaReader
 from .report import accuracy, confusion_picture, mistakes_picture
@@ -106,11 +106,11 @@ def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
 
 def tasks_of(names: list[str], models) -> list[str | None]:
     """The task of each row. In a folder organised by task (some row's first folder names a
-    model's task: task3/abc.png) a row's first folder is its task, so rows of tasks without a
-    model stay unread rather than read by the wrong one; otherwise every row goes to the only
-    model (None: no model for it)."""
+    model's task or one of the competition's, task3/abc.png) a row's first folder is its task, so
+    rows of tasks without a model stay unread rather than read by the wrong one; otherwise every
+    row goes to the only model (None: no model for it)."""
     folders = [n.split("/")[0] if "/" in n else None for n in names]
-    if any(f in models for f in folders):
+    if any(f in models or f in COMPETITION_TASKS for f in folders):
         return folders
     only = next(iter(models)) if len(models) == 1 else None
     return [only] * len(names)

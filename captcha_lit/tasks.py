@@ -25,7 +25,8 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 MAX_WIDTH, MAX_HEIGHT = 160, 48  # inferred sizes are scaled down to fit: cost grows with the pixels
 # ... but never narrower than this many pixels per character of the longest label: square or tall
-# images (256x256) would otherwise shrink to 48x48, too few of experiment=auto's 8-pixel CTC columns
+# images (256x256) would otherwise shrink to 48x48, and narrow ones (60x20, 5 characters) stay too
+# narrow, for experiment=auto's 8-pixel CTC columns (2 per character, 2N-1 needed)
 MIN_WIDTH_PER_CHAR = 16
 
 
@@ -126,12 +127,12 @@ def infer_task(labels: list[str], sizes: Counter, name: str, given: dict) -> tup
     alphabet = given.get("alphabet") or "".join(sorted(set("".join(labels))))
     (w, h), _ = sizes.most_common(1)[0]
     scale = min(1.0, MAX_WIDTH / w, MAX_HEIGHT / h)
-    room = min(w, MIN_WIDTH_PER_CHAR * length_range(length)[1])  # squeezes the height more than the width
+    room = MIN_WIDTH_PER_CHAR * length_range(length)[1]  # squeezes the height more than the width; widens narrow images
     width, height = given.get("width") or max(8, round(w * scale), room), given.get("height") or max(8, round(h * scale))
     task = Task(name=given.get("name") or name, length=length, alphabet=alphabet, width=width, height=height,
                 lowercase=lowercase)
     notes = []
-    if scale < 1 and not (given.get("width") or given.get("height")):
+    if (width, height) != (w, h) and not (given.get("width") or given.get("height")):
         notes.append(f"images of {w}x{h} scaled to {width}x{height}")
     if len(sizes) > 1:
         notes.append(f"{sum(sizes.values()) - sizes[(w, h)]} images of other sizes resized")

@@ -307,7 +307,7 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if best is not None else None,
                               verbose=False)
-        metrics.update({k: float(v) for k, v in tested[0].items()})
+        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})  # []: no split to test on
     if trainer.is_global_zero:  # one report, also under DDP
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if checkpoint is not None and checkpoint.best_model_path:

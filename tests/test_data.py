@@ -148,10 +148,13 @@ def test_annotations_layout_reads_every_row_and_stays_inside_the_folder(tmp_path
     write_csv(root, rows)
     items = read_labelled(root, Task("t", 4, DIGITS, 100, 40))
     assert [(Path(p).relative_to(root).as_posix(), label) for p, label in items] == rows
-    for bad in ("../outside.png", "/etc/passwd"):
+    for bad in ("../outside.png", "/etc/passwd", "deep/../..", "deep/.."):
         write_csv(root, rows + [(bad, "1234")])
         with pytest.raises(CaptchaError, match=r"line 8: .* points outside"):
             read_labelled(root, Task("t", 4, DIGITS, 100, 40))
+    write_csv(root, rows[:2] + [(rows[2][0], "")] + rows[3:])
+    with pytest.raises(CaptchaError, match=rf"annotations.csv, line 4: {rows[2][0]} has no label"):
+        read_labelled(root, Task("t", 4, DIGITS, 100, 40))
 
 
 def test_mixed_sizes_are_resized_and_said_once(tmp_path, caplog):

@@ -234,6 +234,21 @@ def test_rows_pointing_outside_the_folder_are_refused(tmp_path, ckpts):
     write_csv(data, [("task1/00000.png", "1"), ("../secret.png", "2")])
     with pytest.raises(CaptchaError, match=r"annotations.csv, line 3: '../secret.png' points outside"):
         run_predict(tmp_path, ckpts["task1"], data)
+    write_csv(data, [("task1/00000.png", "1"), ("", "2")])
+    with pytest.raises(CaptchaError, match=r"annotations.csv, line 3: no filename"):
+        run_predict(tmp_path, ckpts["task1"], data)
+    # an image linked in from elsewhere is inside the folder by its name, and read
+    (data / "task1" / "linked.png").symlink_to(tmp_path / "secret.png")
+    write_csv(data, [("task1/00000.png", "1"), ("task1/linked.png", "2")])
+    run_predict(tmp_path, ckpts["task1"], data)
+    rows = read_rows(tmp_path / "submission.csv")
+    assert [r[0] for r in rows[1:]] == ["task1/00000.png", "task1/linked.png"] and rows[1][1] == rows[2][1]
+
+
+def test_rows_of_a_competition_task_without_its_model_are_not_read_by_another(tmp_path, ckpts):
+    data = make_folder(tmp_path / "test", {"task3": 3})
+    with pytest.raises(CaptchaError, match="no model for 3 rows of task3"):
+        run_predict(tmp_path, ckpts["task1"], data)
 
 
 @pytest.mark.parametrize("kind, absent", [("onnx", "['captcha', 'hydra', 'pytorch_lightning', 'torch']"),

@@ -97,6 +97,16 @@ def test_other_modes_and_sizes_are_converted(tmp_path, mode):
         assert (array == np.asarray(rgb)).all()
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_a_transparent_colour_key_is_laid_on_white(tmp_path, mode):
+    img = Image.new(mode, (8, 8), 0)  # black everywhere, and black is the transparent colour
+    if mode == "P":
+        img.putpalette([0, 0, 0] + [255, 255, 255] * 255)  # index 0 black, every other white
+    img.putpixel((0, 0), 255 if mode != "RGB" else (255, 255, 255))
+    img.save(tmp_path / "x.png", transparency=0 if mode != "RGB" else (0, 0, 0))
+    assert (load_image(tmp_path / "x.png", 8, 8) == 255).all()
+
+
 def test_mixed_modes_load_through_the_datamodule(tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 8})
     for i, mode in enumerate(["L", "RGBA", "P", "1"]):

@@ -53,6 +53,9 @@ def test_inference_from_labels_and_sizes():
     # square images keep 16 pixels of width per character, for the CTC columns (not 48x48)
     task, line = infer_task(["abcde"] * 2, Counter({(256, 256): 2}), "mine", {})
     assert (task.width, task.height) == (80, 48) and "images of 256x256 scaled to 80x48" in line
+    # and narrow ones are widened to it (60 pixels would leave 8 columns for 5 characters, 9 needed)
+    task, line = infer_task(["abcde"] * 2, Counter({(60, 20): 2}), "mine", {})
+    assert (task.width, task.height) == (80, 20) and "images of 60x20 scaled to 80x20" in line
     # values given in the config win over the inferred ones
     task, _ = infer_task(["abcd"] * 3, Counter({(100, 40): 3}), "mine", {"alphabet": ALPHANUMERIC, "length": 4})
     assert task.alphabet == ALPHANUMERIC and task.length == 4 and task.width == 100

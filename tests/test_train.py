@@ -286,3 +286,26 @@ def test_weights_export_is_an_fp16_start_for_init_from(tmp_path, capsys):
         export_main([str(ckpt), str(ckpt), "--format", "weights"])
     assert "that is the checkpoint being exported" in capsys.readouterr().err
     assert torch.load(ckpt, weights_only=True)["epoch"] == 3
+
+
+def test_a_final_run_without_a_test_split_ends_with_its_metrics_and_last_checkpoint(tmp_path, capsys):
+    # the README's submission command: every labelled image trains, nothing is left to test on
+    data = make_folder(tmp_path / "data", {"task1": 48})
+    cfg = compose_cfg("train", ["trainer=cpu", "data=folder", f"data.root={data}", "final=true",
+                                "data.test_fraction=0"] + TINY, tmp_path / "run")
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "final metrics: " in out and "train/loss=" in out and "test/" not in out
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("head", ["positions", "ctc"])
+def test_validation_image_captions_read_as_the_model_does(head):
+    from captcha_lit.callbacks import captions
+
+    module = CaptchaModule(task="t", length=3 if head == "positions" else [1, 3], alphabet="ab", width=32, height=16,
+                           head=head, widths=(16, 16, 16, 16), strides=(2, 2, [2, 1], [1, 1])).eval()
+    images = torch.randint(0, 256, (8, 3, 16, 32), dtype=torch.uint8)
+    targets = torch.tensor([[0, 1, -1]] * 8)
+    assert [read for read, _ in captions(module, images, targets)] == module.predict_step(images, 0)
+    assert all(true == "ab" for _, true in captions(module, images, targets))
