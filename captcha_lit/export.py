@@ -132,6 +132,9 @@ def export_onnx(ckpt, output=None) -> Path:
     hp, net = load_network(ckpt)
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
     _refuse_overwriting_input(ckpt, output)
+    if output.with_suffix(".charsets.json").exists():  # the charsets would then describe this model
+        raise CaptchaError(f"{output}: a ddddocr export is there ({output.with_suffix('.charsets.json').name} beside "
+                           f"it); name another output")
     _to_onnx(net, _example(hp), output, dynamic_batch=True)
     _write_contract(hp, output, precision="fp32")
     return output
@@ -199,6 +202,9 @@ def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
     onnx_path, charsets_path = Path(f"{stem}.onnx"), Path(f"{stem}.charsets.json")
     for path in (onnx_path, charsets_path):
         _refuse_overwriting_input(ckpt, path)
+    if Path(f"{onnx_path}.json").exists():  # its contract would then describe a model of another input
+        raise CaptchaError(f"{onnx_path}: a captcha-lit ONNX export is there ({onnx_path.name}.json beside it); "
+                           f"name another output")
     graph = DdddocrGraph(net, hp["head"]).eval()
     _to_onnx(graph, torch.zeros(1, 3, hp["height"], hp["width"]), onnx_path, dynamic_batch=False)
     # image: ddddocr resizes to exactly [width, height]; channel 3: RGB, as the model was trained
@@ -239,12 +245,15 @@ def main(argv=None):
                                                       "(or of DIR/TASK) and checked against fp32 on up to 1,024 "
                                                       "others: about twice as fast on CPUs with VNNI")
     args = parser.parse_args(argv)
+    if args.int8 and args.format != "onnx":
+        parser.error(f"--int8 makes an int8 ONNX model (--format onnx), not --format {args.format}")
     if args.format == "weights":
         if not args.output:
             parser.error("--format weights: name the output, e.g. captcha-export CKPT reader.ckpt --format weights")
         print(run_reporting(export_weights, args.ckpt, args.output))
     elif args.format == "ddddocr":
-        print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix("")), sep="\n")
+        # default X.ddddocr.onnx: X.onnx is the ONNX export's
+        print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix(".ddddocr")), sep="\n")
     elif args.int8:
         print(run_reporting(int8_from_folder, args.ckpt, args.int8, args.output))
     else:

@@ -99,6 +99,7 @@ def labelled_items(root, task_name: str | None = None) -> tuple[list[tuple[Path,
     seen, items, duplicates = {}, [], 0
     for lineno, filename, label in rows:
         where = f"{csv_path}, line {lineno}"
+        filename = os.path.normpath(filename)  # ./a.png and a.png are one image, which must not be in two splits
         if filename in seen:
             if seen[filename][1] != label:
                 raise CaptchaError(f"{csv_path}, lines {seen[filename][0]} and {lineno}: {filename} is labelled "

@@ -33,18 +33,14 @@ def _to_array(image, width: int, height: int) -> np.ndarray:
 
 def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[str], np.ndarray]:
     """(B, steps, classes) logits (or log-probabilities) -> strings and their confidence: the
-    product of the softmax maxima of the steps that gave a character."""
+    product of the softmax maxima of every step (for CTC, the greedy path's probability, blanks
+    included: an empty reading is not certain because no character was read)."""
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     best = (probs / probs.sum(-1, keepdims=True)).max(-1)
     steps = logits.argmax(-1)
     if head == "positions":
         return [decode(row, alphabet) for row in steps], best.prod(-1)
-    labels, confidence = [], []
-    for row, p in zip(steps, best):
-        keep = ctc_keep(row)
-        labels.append(decode(row[keep] - 1, alphabet))
-        confidence.append(p[keep].prod())
-    return labels, np.asarray(confidence)
+    return [decode(row[ctc_keep(row)] - 1, alphabet) for row in steps], best.prod(-1)
 
 
 def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:

@@ -208,7 +208,12 @@ def start_from(model, path) -> None:
     own = model.state_dict()
     # heads that read another alphabet, or the same characters in another order, would load by
     # shape alone and name every character wrongly
-    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length"))
+    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length")) \
+        and hparams.get("head", "positions") == model.hparams.head
+    for key in ("mean", "std"):  # the weights expect inputs scaled as they were trained on
+        if key in hparams and list(hparams[key]) != list(model.hparams[key]):
+            raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(hparams[key])}, this run "
+                               f"sets {list(model.hparams[key])}: set model.{key}={list(hparams[key])} (or init_from=null)")
     fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
             and (same_heads or not name.startswith("heads."))}
     if not fits.keys() & dict(model.named_parameters()).keys():

@@ -46,6 +46,16 @@ def test_per_position_decoding_and_confidence():
     assert np.allclose(confidence, p ** 3)
 
 
+def test_ctc_confidence_is_the_greedy_paths_blanks_included():
+    # "1-1-" reads "11"; four near-even blanks read nothing, and that is no certainty
+    logits = np.stack([one_hot_steps([2, 0, 2, 0], 11), np.full((4, 11), 0.0)])
+    logits[1, :, 0] = 0.1  # the blank wins every step, barely
+    labels, confidence = decode_logits(logits, "ctc", DIGITS)
+    assert labels == ["11", ""]
+    p = np.exp(5.0) / (np.exp(5.0) + 10 * np.exp(-5.0))
+    assert np.allclose(confidence[0], p ** 4) and confidence[1] < 0.01
+
+
 def test_ctc_readings_are_compared_with_labels_at_one_width():
     # CTC steps "1-1-" read "11" (two steps of four); labels are padded to 3
     logits = torch.nn.functional.one_hot(torch.tensor([[2, 0, 2, 0], [3, 3, 0, 0]]), 11).float()

@@ -152,6 +152,8 @@ def test_annotations_layout_reads_every_row_and_stays_inside_the_folder(tmp_path
         write_csv(root, rows + [(bad, "1234")])
         with pytest.raises(CaptchaError, match=r"line 8: .* points outside"):
             read_labelled(root, Task("t", 4, DIGITS, 100, 40))
+    write_csv(root, rows + [("./" + rows[1][0], rows[1][1])])  # one image under two spellings: one row
+    assert len(read_labelled(root, Task("t", 4, DIGITS, 100, 40))) == len(rows)
     write_csv(root, rows[:2] + [(rows[2][0], "")] + rows[3:])
     with pytest.raises(CaptchaError, match=rf"annotations.csv, line 4: {rows[2][0]} has no label"):
         read_labelled(root, Task("t", 4, DIGITS, 100, 40))

@@ -458,6 +458,24 @@ def test_export_onto_its_own_checkpoint_is_refused(tmp_path):
     assert (tmp_path / "m.ckpt").read_bytes() == before
 
 
+def test_the_onnx_and_ddddocr_exports_never_replace_each_other(tmp_path, capsys):
+    from captcha_lit.export import export_ddddocr, export_onnx
+    from captcha_lit.export import main as export_main
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    export_main([str(tmp_path / "m.ckpt"), "--format", "ddddocr"])  # by default beside the ONNX export's m.onnx
+    assert {p.name for p in tmp_path.iterdir()} == {"m.ckpt", "m.ddddocr.onnx", "m.ddddocr.charsets.json"}
+    export_onnx(tmp_path / "m.ckpt")
+    made = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CaptchaError, match=r"m.onnx: a captcha-lit ONNX export is there \(m.onnx.json beside it\)"):
+        export_ddddocr(tmp_path / "m.ckpt", tmp_path / "m")
+    with pytest.raises(CaptchaError, match=r"m.ddddocr.onnx: a ddddocr export is there"):
+        export_onnx(tmp_path / "m.ckpt", tmp_path / "m.ddddocr.onnx")
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "m.ckpt"), "w.ckpt", "--format", "weights", "--int8", str(tmp_path)])
+    assert "--int8 makes an int8 ONNX model (--format onnx), not --format weights" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == made
+
+
 def test_a_second_run_into_a_used_run_folder_is_refused(tmp_path):
     overrides = TINY + ["trainer=cpu", "trainer.max_steps=1", "test=false"]
     train(compose_cfg("train", overrides, tmp_path))

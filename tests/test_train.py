@@ -269,6 +269,19 @@ def test_init_from_starts_heads_of_another_alphabet_fresh(tmp_path, capsys):
     assert torch.equal(run.net.stem[0].weight, pretrained_module.net.stem[0].weight)
 
 
+def test_init_from_refuses_another_input_scaling_and_starts_another_head_kind_fresh(tmp_path, capsys):
+    args = module_args("task3")
+    pre = CaptchaModule(**args, widths=[16, 16, 32, 32])
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pre.hparams), "state_dict": pre.state_dict()}, path)
+    with pytest.raises(CaptchaError, match=r"trained with model.mean=\[0.5, 0.5, 0.5\], this run sets \[0.0, 0.0, 0.0\]"):
+        start_from(CaptchaModule(**args, widths=[16, 16, 32, 32], mean=[0.0, 0.0, 0.0]), path)
+    # same-shaped heads of the other kind: per-position classes are not CTC steps
+    torch.save({"hyper_parameters": {**dict(pre.hparams), "head": "ctc"}, "state_dict": pre.state_dict()}, path)
+    start_from(CaptchaModule(**args, widths=[16, 16, 32, 32]), path)
+    assert "starting fresh: net.heads" in capsys.readouterr().out
+
+
 def test_weights_export_is_an_fp16_start_for_init_from(tmp_path, capsys):
     module = CaptchaModule(**module_args("task1"), widths=[16, 16, 32, 32])
     ckpt = tmp_path / "run.ckpt"
