@@ -95,6 +95,9 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.train_set = self._folder([items[i] for i in train_idx])
         self.real_train_size = len(train_idx)
         n_rendered = round(self.synthetic_ratio * len(train_idx))
+        if self.real_fraction is not None and not n_rendered:
+            log.warning(f"data.real_fraction={self.real_fraction} has no effect: no rendered images join the real "
+                        f"ones (data.synthetic_ratio={self.synthetic_ratio})")
         if n_rendered:
             self.train_set = concat([self.train_set, self._rendered(n_rendered, "train")])
             if self.real_fraction is not None:

@@ -94,6 +94,10 @@ def check_config(cfg: DictConfig) -> None:
     elif init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
         raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
                            f"the checkpoints/last.ckpt of a python train.py run)")
+    if cfg.get("ckpt_path"):  # continuing a run: its checkpoint must hold the model this config builds
+        task = OmegaConf.to_container(cfg.task, resolve=True)
+        read_checkpoint(cfg.ckpt_path, expect={"task": task["name"], "head": cfg.model.head,
+                                               **{k: task[k] for k in ("alphabet", "length", "width", "height")}})
     for key, ok, wanted in SETTINGS:
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg

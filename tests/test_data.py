@@ -172,6 +172,15 @@ def test_mixed_sizes_are_resized_and_said_once(tmp_path, caplog):
     assert sum(len(batch[0]) for batch in dm.train_dataloader()) == 50  # the epoch repeats the 16 images
 
 
+def test_real_fraction_without_rendered_images_is_said_to_do_nothing(tmp_path, caplog):
+    root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
+    dm = CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), num_workers=0, val_fraction=0.2,
+                           synthetic_ratio=0, real_fraction=0.5)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert "data.real_fraction=0.5 has no effect: no rendered images join the real ones" in caplog.text
+
+
 def test_real_fraction_sets_the_share_of_real_images_an_epoch_draws(tmp_path):
     root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
     dm = CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), num_workers=0, val_fraction=0.2,

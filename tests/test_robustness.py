@@ -458,6 +458,14 @@ def test_export_onto_its_own_checkpoint_is_refused(tmp_path):
     assert (tmp_path / "m.ckpt").read_bytes() == before
 
 
+def test_continuing_from_a_checkpoint_of_another_task_is_refused_before_any_work(tmp_path):
+    save_tiny_checkpoint(tmp_path / "m.ckpt")  # task1
+    cfg = compose_cfg("train", TINY + ["trainer=cpu", "task=task2", f"ckpt_path={tmp_path / 'm.ckpt'}"], tmp_path / "run")
+    with pytest.raises(CaptchaError, match=r"m.ckpt: trained for .*'task1', not the .*'task2' asked for"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_the_onnx_and_ddddocr_exports_never_replace_each_other(tmp_path, capsys):
     from captcha_lit.export import export_ddddocr, export_onnx
     from captcha_lit.export import main as export_main
