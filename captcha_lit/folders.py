@@ -99,14 +99,14 @@ def labelled_items(root, task_name: str | None = None) -> tuple[list[tuple[Path,
     seen, items, duplicates = {}, [], 0
     for lineno, filename, label in rows:
         where = f"{csv_path}, line {lineno}"
-        filename = os.path.normpath(filename)  # ./a.png and a.png are one image, which must not be in two splits
-        if filename in seen:
-            if seen[filename][1] != label:
-                raise CaptchaError(f"{csv_path}, lines {seen[filename][0]} and {lineno}: {filename} is labelled "
-                                   f"both {seen[filename][1]!r} and {label!r}")
+        key = os.path.normpath(filename)  # ./a.png and a.png are one image, which must not be in two splits
+        if key in seen:
+            if seen[key][1] != label:
+                raise CaptchaError(f"{csv_path}, lines {seen[key][0]} and {lineno}: {filename} is labelled "
+                                   f"both {seen[key][1]!r} and {label!r}")
             duplicates += 1
             continue
-        seen[filename] = (lineno, label)
+        seen[key] = (lineno, label)
         if not label and layout != "competition":
             raise CaptchaError(f"{where}: {filename} has no label")
         items.append((inside(root, filename, where), label, where))
