@@ -110,7 +110,7 @@ def time_loader(make):
 
 
 # ---------------------------------------------------------------- the model, as train.py would run it
-precision = training_precision("auto", "gpu" if dev.type == "cuda" else "cpu")
+precision, _ = training_precision("auto", "gpu" if dev.type == "cuda" else "cpu")
 dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 torch.manual_seed(0)
 module = CaptchaModule(**HP).to(dev).train()

@@ -67,7 +67,7 @@ for n in (1, 2, 4):
 flops_per_image = statistics.median(per_image)
 
 # ---------------------------------------------------------------- achieved training FLOP/s and matmul peaks
-precision = training_precision("auto", "gpu" if dev.type == "cuda" else "cpu")  # what train.py picks
+precision, _ = training_precision("auto", "gpu" if dev.type == "cuda" else "cpu")  # what train.py picks
 amp = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
 images, targets = batch(args.batch)
 

@@ -44,7 +44,7 @@ import torch
 from captcha_lit.checkpoint import load_module, read_checkpoint
 from captcha_lit.export import export_onnx, int8_from_folder
 from captcha_lit.folders import read_labelled
-from captcha_lit.hardware import cpu_has_bf16
+from captcha_lit import hardware
 from captcha_lit.images import load_image
 from captcha_lit.reader import CaptchaReader
 from captcha_lit.tasks import preset
@@ -77,7 +77,7 @@ def module_reader(path, autocast: bool) -> CaptchaReader:
     """A reader on the training module (BatchNorm not folded), in fp32 or under bf16 autocast,
     at the batch size predict.py used before (256)."""
     module = load_module(path)
-    dtype = torch.bfloat16 if autocast and cpu_has_bf16() else None
+    dtype = torch.bfloat16 if autocast and (hardware.cpu_bf16() is not None) else None
 
     @torch.inference_mode()
     def logits_fn(images):
@@ -100,7 +100,7 @@ def with_int8_copy(ckpt, name: str) -> Path:
 
 ckpts = {t: with_int8_copy(c, t) for t, c in zip(MIX, args.ckpt)}
 items = {task: read_labelled(args.data, preset(task)) for task in MIX}
-print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {cpu_has_bf16()}, threads "
+print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {(hardware.cpu_bf16() is not None)}, threads "
       f"{torch.get_num_threads()}, batch {args.batch}, rounds {args.rounds}; labelled images: "
       + ", ".join(f"{t} {len(v)}" for t, v in items.items()))
 
@@ -112,7 +112,7 @@ if not args.skip_models:
         "eager-fp32": lambda c: module_reader(c, autocast=False),
         "today": lambda c: module_reader(c, autocast=True),
         "fp32": lambda c: CaptchaReader.from_checkpoint(c, precision="32", batch_size=args.batch),
-        "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="bf16" if cpu_has_bf16() else "32",
+        "bf16": lambda c: CaptchaReader.from_checkpoint(c, precision="bf16" if (hardware.cpu_bf16() is not None) else "32",
                                                         batch_size=args.batch),
         "onnx": lambda c: CaptchaReader.from_onnx(export_onnx(c, tmp / f"{Path(c).stem}-{len(os.listdir(tmp))}.onnx"),
                                                   batch_size=args.batch),

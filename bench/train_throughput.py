@@ -50,7 +50,7 @@ torch.backends.cudnn.benchmark = True  # what conf/trainer/default.yaml sets (be
 TASK = preset("task3")  # the largest input (96x72) and four heads
 HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
 accelerator = "gpu" if dev.type == "cuda" else "cpu"
-precision = training_precision("auto", accelerator)  # what train.py picks: bf16-mixed on this CPU
+precision, _ = training_precision("auto", accelerator)  # what train.py picks: bf16-mixed on this CPU
 amp = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")  # (16-mixed: GradScaler left out)
 matching = f"{amp}-cl"  # the module trains channels-last (its widths are all >= 16)
 variants = ["lightning", matching] + [p for p in args.precisions.split(",") if p and p != matching]

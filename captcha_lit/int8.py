@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import CaptchaError
+from .hardware import cpu_has_vnni
 
 # the share of checked images an int8 copy must read as fp32 does; below 1,000 checked images
 # that is every one of them
@@ -42,17 +43,6 @@ def again(read_again) -> str:
 def digest(path) -> str:
     """The file's sha256: ties an int8 copy to the exact checkpoint it was made from."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def cpu_has_vnni() -> bool:
-    """True where the CPU has int8 dot products (AVX512-VNNI or AVX-VNNI), which onnxruntime's int8
-    kernels use. Without them it multiplies through 16-bit sums that can saturate, and is no faster
-    than bf16. Read from Linux's CPU flags; elsewhere False (an untested platform keeps torch)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
 def gpu_possible() -> bool:

@@ -151,7 +151,7 @@ class CaptchaReader:
         import torch
 
         from .checkpoint import load_network
-        from .hardware import inference_dtype, pick_device
+        from .hardware import cpu_precision_reason, inference_dtype, pick_device
 
         hp, net = load_network(path)
         dev = pick_device(device)
@@ -168,6 +168,8 @@ class CaptchaReader:
         reader = cls(logits_fn, hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"],
                      hp["lowercase"], source=str(path), **kwargs)
         reader.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] + f" on {dev.type}"
+        if precision == "auto" and dev.type == "cpu" and dtype is None:
+            reader.precision += f" ({cpu_precision_reason()})"
         if why:  # a copy exists but was not used: say why
             reader.precision += f"; int8 copy not used: {why}"
         return reader

@@ -282,6 +282,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         cfg = resume_config(cfg, overrides)
     else:
         refuse_used_run_folder(cfg)
+    precision, why = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    print(f"trainer.precision={cfg.trainer.precision}: {precision} ({why})")
     resolve_task(cfg)
     check_config(cfg)
     if cfg.get("final"):
@@ -299,7 +301,6 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None] + list(callbacks)  # NAME=null removes one
     loggers = [build(c) for c in cfg.logger.values() if c is not None]
-    precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
                     plugins=[AtomicCheckpointIO()])
     log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")

@@ -1,0 +1,44 @@
+"""precision=auto is decided by what the CPU computes natively, never by what oneDNN emulates."""
+import pytest
+
+from captcha_lit import hardware
+
+ICE_LAKE = frozenset("avx2 avx512f avx512bw avx512_vnni".split())       # AVX-512 and VNNI, no bf16
+SAPPHIRE_RAPIDS = ICE_LAKE | {"avx512_bf16", "amx_bf16", "amx_tile"}
+ZEN4 = ICE_LAKE | {"avx512_bf16"}
+LAPTOP = frozenset("avx2 fma avx_vnni".split())
+
+
+@pytest.mark.parametrize("flags, expected", [(ICE_LAKE, "32-true"), (SAPPHIRE_RAPIDS, "bf16-mixed"),
+                                             (ZEN4, "bf16-mixed"), (LAPTOP, "32-true"), (frozenset(), "32-true")])
+def test_auto_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch, flags, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    precision, why = hardware.training_precision("auto", "cpu")
+    assert precision == expected
+    assert ("native" in why) and (("no native bf16" in why) == (expected == "32-true"))
+    assert hardware.training_precision("bf16-mixed", "cpu") == ("bf16-mixed", "as set")
+
+
+def test_a_limited_onednn_isa_takes_bf16_away(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ZEN4)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware.training_precision("auto", "cpu")[0] == "32-true"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hardware.training_precision("auto", "cpu")[0] == "bf16-mixed"
+
+
+def test_vnni_and_reading_dtype_follow_the_flags(monkeypatch):
+    import torch
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ICE_LAKE)
+    assert hardware.cpu_has_vnni() and hardware.inference_dtype("auto", torch.device("cpu")) is None
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ZEN4)
+    assert hardware.inference_dtype("auto", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert not hardware.cpu_has_vnni()
+
+
+def test_the_flags_are_read_from_this_machine():
+    flags = hardware.cpu_flags()
+    assert isinstance(flags, frozenset) and (not flags or "fpu" in flags or "fp" in flags)
