@@ -535,6 +535,37 @@ def test_resume_refuses_foreign_targets_and_unsafe_overrides_and_applies_safe_on
         resume_config(cfg)
 
 
+def test_resume_never_resolves_or_builds_what_a_stored_config_smuggles_in(tmp_path):
+    run = resumable_run(tmp_path, "scheduler=none")
+    marker = tmp_path / "ran"
+    good = (run / "config.yaml").read_text()
+    payloads = {  # each would run code if the stored file were resolved or instantiated as it is
+        "an oc.create interpolation": good.replace("seed: 0", "seed: ${oc.create:{_target_: os.system, _args_: "
+                                                   f"['touch {marker}']}}}}"),
+        "a custom resolver": good.replace("seed: 0", "seed: ${oc.env:HOME}"),
+        "an _args_ key": good.replace("  _target_: torch.optim.Adam", "  _target_: torch.optim.Adam\n  _args_: [1]"),
+        "a python object tag": good.replace("seed: 0", "seed: !!python/object/apply:os.system ['touch x']"),
+        "a list instead of a mapping": "- 1\n- 2\n",
+        "an empty file": "",
+    }
+    for what, text in payloads.items():
+        (run / "config.yaml").write_text(text)
+        with pytest.raises(CaptchaError, match=r"config.yaml: (refused|not a r)"):
+            resume_config(compose_cfg("train", [f"resume={run}"]), [f"resume={run}"])
+        assert not marker.exists(), what
+
+
+def test_a_copied_run_resumes_in_the_copy(tmp_path):
+    import shutil
+    run = resumable_run(tmp_path, "scheduler=none")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    resumed = resume_config(compose_cfg("train", [f"resume={copy}"]), [f"resume={copy}"])
+    dirs = {c.dirpath for c in resumed.callbacks.values() if c is not None and "dirpath" in c}
+    assert dirs == {str(copy / "checkpoints")} and resumed.ckpt_path == str(copy / "checkpoints" / "last.ckpt")
+    assert str(run) not in OmegaConf.to_yaml(resumed)
+
+
 def test_resume_from_a_truncated_last_checkpoint_is_one_line(tmp_path):
     run = resumable_run(tmp_path)
     last = run / "checkpoints" / "last.ckpt"
