@@ -7,14 +7,10 @@ from pathlib import Path
 import torch
 
 from .errors import CaptchaError
+from .files import regular_file
+from .packaged import PRETRAINED, model_path, pretrained  # noqa: F401 (where callers find them)
 from .net import ResNet, fold_batchnorm
 from .tasks import length_range
-
-# readers pretrained on rendered images in the competition's style, never a real one
-# (conf/experiment/pretrain.yaml), shipped in the package in fp16: init_from=pretrained starts a
-# run from the one of its task
-PRETRAINED = Path(__file__).parent / "pretrained"
-
 
 def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
     """The checkpoint's hyperparameters and weights, checked.
@@ -24,8 +20,9 @@ def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
     width=, height=) refuses a checkpoint trained for anything else.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CaptchaError(f"ckpt={path}: no such file")
+    regular_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -48,17 +45,6 @@ def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
         raise CaptchaError(f"{path}: its weights hold NaN or infinite values (the run diverged); use an earlier "
                            f"checkpoint or train with a lower optimizer.lr")
     return hparams, state
-
-
-def pretrained(task: str) -> Path:
-    """The packaged reader of `task` (init_from=pretrained)."""
-    path = PRETRAINED / f"{task}.ckpt"
-    if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.ckpt")))
-        what = f"ships pretrained readers for {have}" if have else f"was installed without its readers ({PRETRAINED} is empty)"
-        raise CaptchaError(f"init_from=pretrained: captcha-lit {what}, not for task={task}; give a checkpoint "
-                           f"(init_from=PATH) or train from scratch (init_from=null)")
-    return path
 
 
 def _unfit(path, e: Exception) -> CaptchaError:

@@ -1,32 +1,44 @@
 """Console entry points (train.py, predict.py and the captcha-* commands all land here).
 Each hands its Hydra config to the package and turns a CaptchaError into a one-line message."""
+import argparse
+import gc
+import signal
 import sys
+import threading
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from .errors import CaptchaError
+from .errors import CaptchaError, Terminated
 from .tasks import CONF_DIR
 
 CONF = str(CONF_DIR)
 
 
-def _fail(message: str, code: int = 2):
-    print(message, file=sys.stderr)
-    sys.exit(code)
+def _terminate(signum, frame):
+    raise Terminated
 
 
 def run_reporting(fn, *args):
-    """fn(*args), with an expected failure as one `error:` line and exit code 2, and Ctrl-C as one
-    line and exit code 130 (what was written before is intact: every write is atomic)."""
+    """fn(*args), with an expected failure as one `error:` line and exit code 2, and Ctrl-C or
+    SIGTERM as one line and exit code 130 or 143 (what was written before is intact: every write is
+    atomic). The exit comes after the failure is let go, so that its frames close first: their
+    worker pools shut down and their partial output is taken back."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn(*args)
     except CaptchaError as e:
-        _fail(f"error: {e}")
+        message, code = f"error: {e}", 2
     except OSError as e:  # the file system's own errors: a full disk, a read-only or missing path
-        _fail(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
-    except KeyboardInterrupt:
-        _fail("interrupted (Ctrl-C); nothing half-written was left", 130)
+        message, code = f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", 2
+    except KeyboardInterrupt as e:
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+        message = f"interrupted ({name}); nothing half-written was left"
+    gc.collect()  # frames of the failure (and the generators in them) close now, not at exit
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
@@ -48,3 +60,34 @@ def predict(cfg: DictConfig) -> None:
 def generate(cfg: DictConfig) -> None:
     from .generate import generate as run
     run_reporting(run, cfg)
+
+
+def export(argv=None):
+    """captcha-export: argparse, as it takes files rather than settings."""
+    from .export import export_ddddocr, export_onnx, export_weights, int8_from_folder
+
+    parser = argparse.ArgumentParser(prog="captcha-export", description="Export a captcha-lit checkpoint: ONNX, its int8 copy, ddddocr, or fp16 weights")
+    parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")
+    parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint; with --int8 its "
+                                                  "int8 copy CHECKPOINT.int8.onnx, which predict.py then reads with)")
+    parser.add_argument("--format", choices=("onnx", "ddddocr", "weights"), default="onnx",
+                        help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json; "
+                             "weights: OUT.ckpt, the hyperparameters and fp16 weights alone (a start for init_from=, "
+                             "as the packaged readers are)")
+    parser.add_argument("--int8", metavar="DIR", help="onnx: an int8 model, calibrated on up to 256 images of DIR "
+                                                      "(or of DIR/TASK) and checked against fp32 on up to 1,024 "
+                                                      "others: about twice as fast on CPUs with VNNI")
+    args = parser.parse_args(argv)
+    if args.int8 and args.format != "onnx":
+        parser.error(f"--int8 makes an int8 ONNX model (--format onnx), not --format {args.format}")
+    if args.format == "weights":
+        if not args.output:
+            parser.error("--format weights: name the output, e.g. captcha-export CKPT reader.ckpt --format weights")
+        print(run_reporting(export_weights, args.ckpt, args.output))
+    elif args.format == "ddddocr":
+        # default X.ddddocr.onnx: X.onnx is the ONNX export's
+        print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix(".ddddocr")), sep="\n")
+    elif args.int8:
+        print(run_reporting(int8_from_folder, args.ckpt, args.int8, args.output))
+    else:
+        print(run_reporting(export_onnx, args.ckpt, args.output))

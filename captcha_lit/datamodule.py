@@ -36,7 +36,7 @@ class CaptchaDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.15,
                  test_fraction: float = 0.0, batch_size: int = 128, seed: int = 0, materialize: bool = True,
                  cache_dir: str | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
-                 font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha"):
+                 font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False):
         super().__init__()
         self.task = from_config(task)
         if batch_size < 1:
@@ -58,6 +58,9 @@ class CaptchaDataModule(pl.LightningDataModule):
         t = self.task
         self.renderer = Renderer(t.width, t.height, t.length, t.alphabet, font_sizes, style, fonts)
         self.train_set = self.val_set = self.test_set = None
+        # rendered training images drawn anew every epoch (needs trainer.reload_dataloaders_every_n_epochs=1):
+        # a long pretraining never sees an image twice, and rendering never shares the cores with training
+        self.fresh_train, self.train_epoch = fresh_train, 0
         self.train_weights = None  # per-image sampling weights when real_fraction is set
         self.real_train_size = 0  # the training set's real images, which come first (0: all rendered)
 
@@ -125,6 +128,9 @@ class CaptchaDataModule(pl.LightningDataModule):
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.fresh_train and self.root is None and epoch != self.train_epoch:
+            self.train_set, self.train_epoch = self._rendered(self.num_train, f"train{epoch}"), epoch
         return self._loader(self.train_set, shuffle=True, weights=self.train_weights)
 
     def val_dataloader(self):

@@ -14,8 +14,8 @@ ddddocr (1.6.x) feeds one float (1, 3, H, W) image of pixels / 255 and decodes g
 with the blank at class 0. A CTC model is exported as it is; a per-position model emits a blank
 step between its positions (2N - 1 steps), so that "f99f" is not merged into "f9f".
 """
-import argparse
 import json
+import os
 import shutil
 import tempfile
 from functools import partial
@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from .checkpoint import load_network, read_checkpoint
-from .cli import run_reporting
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
 from .images import IMAGE_SUFFIXES, load_image
@@ -49,10 +48,16 @@ def _example(hp: dict) -> torch.Tensor:
     return torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8)
 
 
-def _refuse_overwriting_input(ckpt, output: Path) -> None:
-    """Output paths are checked before any work: never the checkpoint itself, never a folder."""
-    if output.exists() and output.resolve() == Path(ckpt).resolve():
+def _refuse_overwriting_input(ckpt, output: Path, images=None) -> None:
+    """Refuse, before any work, an output that is the checkpoint (also through a link), an existing
+    file in the folder of images being read, or not a regular file."""
+    real = os.path.realpath(output)
+    if output.exists() and real == os.path.realpath(ckpt):
         raise CaptchaError(f"{output}: that is the checkpoint being exported; choose another output name")
+    if images is not None and output.exists() and Path(real).is_relative_to(os.path.realpath(images)):
+        raise CaptchaError(f"{output}: that is a file of {images}, which is being read; choose another output name")
+    if output.exists() and not output.is_dir() and not output.is_file():
+        raise CaptchaError(f"{output}: not a regular file; choose another output name")
     if output.is_dir():
         raise CaptchaError(f"{output}: is a folder; give the output file's name")
     if not output.parent.is_dir():
@@ -140,7 +145,7 @@ def export_onnx(ckpt, output=None) -> Path:
     return output
 
 
-def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None) -> tuple[Path, int, int]:
+def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None, images=None) -> tuple[Path, int, int]:
     """An int8 model calibrated on `calibration` images ((N, H, W, 3) uint8, as `check`); how many
     of the `check` images it reads as fp32 does, and how many of them it read again in fp32.
     Default output: the checkpoint's int8 copy X.int8.onnx, which readers use in its place where it pays (int8.py),
@@ -151,7 +156,8 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None) -
     hp, net = load_network(ckpt)
     is_copy = output is None
     output = Path(output) if output else copy_path(ckpt)
-    _refuse_overwriting_input(ckpt, output)
+    for path in (output, Path(f"{output}.json"), original_path(output)):  # images: the folder calibrated on
+        _refuse_overwriting_input(ckpt, path, images)
     output.with_suffix(output.suffix + ".json").unlink(missing_ok=True)  # an old contract never describes the new model
     extra, re_read = {}, 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,37 +233,9 @@ def export_weights(ckpt, output) -> Path:
 
 def int8_from_folder(ckpt, folder, output=None) -> str:
     hp, _ = read_checkpoint(ckpt)
+    target = Path(output) if output else copy_path(ckpt)
+    for path in (target, Path(f"{target}.json"), original_path(target)):  # before reading the images
+        _refuse_overwriting_input(ckpt, path, folder)
     calibration, check = folder_images(folder, hp["task"], hp["width"], hp["height"])
-    path, same, re_read = export_int8(ckpt, calibration, check, output)
+    path, same, re_read = export_int8(ckpt, calibration, check, output, folder)
     return f"{path}: reads as fp32 on {same} of {len(check)} images of {folder}{again(re_read)}"
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="captcha-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")
-    parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint; with --int8 its "
-                                                  "int8 copy CHECKPOINT.int8.onnx, which predict.py then reads with)")
-    parser.add_argument("--format", choices=("onnx", "ddddocr", "weights"), default="onnx",
-                        help="onnx: for captcha-lit's reader and onnxruntime; ddddocr: OUT.onnx + OUT.charsets.json; "
-                             "weights: OUT.ckpt, the hyperparameters and fp16 weights alone (a start for init_from=, "
-                             "as the packaged readers are)")
-    parser.add_argument("--int8", metavar="DIR", help="onnx: an int8 model, calibrated on up to 256 images of DIR "
-                                                      "(or of DIR/TASK) and checked against fp32 on up to 1,024 "
-                                                      "others: about twice as fast on CPUs with VNNI")
-    args = parser.parse_args(argv)
-    if args.int8 and args.format != "onnx":
-        parser.error(f"--int8 makes an int8 ONNX model (--format onnx), not --format {args.format}")
-    if args.format == "weights":
-        if not args.output:
-            parser.error("--format weights: name the output, e.g. captcha-export CKPT reader.ckpt --format weights")
-        print(run_reporting(export_weights, args.ckpt, args.output))
-    elif args.format == "ddddocr":
-        # default X.ddddocr.onnx: X.onnx is the ONNX export's
-        print(*run_reporting(export_ddddocr, args.ckpt, args.output or Path(args.ckpt).with_suffix(".ddddocr")), sep="\n")
-    elif args.int8:
-        print(run_reporting(int8_from_folder, args.ckpt, args.int8, args.output))
-    else:
-        print(run_reporting(export_onnx, args.ckpt, args.output))
-
-if __name__ == "__main__":
-    main()

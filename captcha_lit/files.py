@@ -2,8 +2,27 @@
 renamed into place, so a crash never leaves a half-written file or clobbers a good one."""
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import CaptchaError
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """`path`, refused in one line unless it is a regular file (or a link to one): a named pipe or
+    a device would block the reader forever or never end."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CaptchaError(f"{path}: {what} not found") from None
+    except OSError as e:  # a name the file system cannot take, a loop of links, no permission
+        raise CaptchaError(f"{path}: cannot read this {what} ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise CaptchaError(f"{path}: {kind}, not an {what}" if what[0] in "aeiou" else f"{path}: {kind}, not a {what}")
+    return path
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import CaptchaError
+from .files import regular_file
 from .images import IMAGE_SUFFIXES
 from .tasks import Task
 
@@ -23,8 +24,7 @@ COMPETITION_TASKS = ("task1", "task2", "task3")
 
 def read_csv_rows(csv_path: Path) -> list[tuple[int, str, str]]:
     """(line number, filename, label) for each row of a `filename,label` CSV."""
-    if not csv_path.is_file():
-        raise CaptchaError(f"{csv_path}: file not found")
+    regular_file(csv_path, "CSV file")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: skips a spreadsheet's byte order mark
             lines = list(csv.reader(f))
@@ -131,8 +131,9 @@ def fit_to_task(items, task: Task, layout: str, root) -> list[tuple[str, str]]:
         label = task.clean(label)
         problem = task.label_problem(label)
         if problem is None:
-            if not path.is_file():
+            if not path.exists():
                 raise CaptchaError(f"{where}: image {path} not found")
+            regular_file(path, "image")
             kept.append((str(path), label))
         elif layout == "competition":
             dropped["wrong length" if problem.startswith("length") else "characters outside the alphabet"] += 1

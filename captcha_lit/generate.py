@@ -46,15 +46,16 @@ def generate(cfg: DictConfig) -> Path:
         jobs += [(renderer, cfg.seed, task.name, i, str(out)) for i in range(n)]
         made.append(out / task.name)
     processes = cfg.num_workers or os.cpu_count()
+    writing = ordered_map(_write_one, jobs, processes, chunksize=64)
     try:
-        rows = list(tqdm(ordered_map(_write_one, jobs, processes, chunksize=64), total=len(jobs), desc="writing",
-                         unit="img"))
+        rows = list(tqdm(writing, total=len(jobs), desc="writing", unit="img"))
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["filename", "label"])
         writer.writerows(rows)
         atomic_write_text(out / "annotations.csv", buffer.getvalue())  # last: a complete folder or none
-    except BaseException:  # Ctrl-C included: take back this run's images (the folder held none before)
+    except BaseException:  # Ctrl-C and SIGTERM included: take back this run's images (the folder held none before)
+        writing.close()  # the workers stop before their images are taken back
         for folder in made:
             for path in folder.glob("*.png"):
                 path.unlink(missing_ok=True)
@@ -63,8 +64,3 @@ def generate(cfg: DictConfig) -> Path:
         raise
     print(f"wrote {len(rows)} images and {out / 'annotations.csv'}")
     return out
-
-
-if __name__ == "__main__":
-    from .cli import generate as main
-    main()

@@ -3,6 +3,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CaptchaError
+from .files import regular_file
 
 # the raster formats captchas come in; anything else Pillow could open is refused
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -27,6 +28,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path, width: int, height: int) -> np.ndarray:
     """An image file as (height, width, 3) uint8 RGB, resized when its size differs."""
+    regular_file(path, "image")
     try:
         with Image.open(path, formats=sorted(FORMATS)) as img:
             img = to_rgb(img)
@@ -41,6 +43,7 @@ def load_image(path, width: int, height: int) -> np.ndarray:
 
 def image_size(path) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding it."""
+    regular_file(path, "image")
     try:
         with Image.open(path, formats=sorted(FORMATS)) as img:
             return img.size

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -14,6 +15,7 @@ from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
 from .folders import COMPETITION_TASKS, inside, read_csv_rows
 from .images import IMAGE_SUFFIXES
+from .packaged import model_path
 from .reader import CaptchaReader
 from .report import accuracy, confusion_picture, mistakes_picture
 
@@ -48,7 +50,7 @@ def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, 
     task. Several models of one task are averaged (an ensemble); a multirun folder must hold one
     run per task."""
     models: dict[str, list[CaptchaReader]] = {}
-    for entry in map(Path, ckpts):
+    for entry in map(model_path, ckpts):
         from_folder = {}
         for path in sweep_checkpoints(entry) if entry.is_dir() else [entry]:
             if path.suffix == ".onnx":
@@ -69,16 +71,36 @@ def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, 
     return readers
 
 
-def check_output(output: Path, data_dir: Path, names: list[str], ckpts) -> None:
-    """Refuse, before any work, an output that would replace an input or cannot be written."""
-    target, root = output.resolve(), data_dir.resolve()
-    files = [data_dir / "annotations.csv", data_dir / "sample_submission.csv", *map(Path, ckpts)]
-    # an image row: compared by name, without resolving every row again (list_inputs did)
-    is_image = target.is_relative_to(root) and str(target.relative_to(root)) in {os.path.normpath(n) for n in names}
-    if is_image or target in {p.resolve() for p in files}:
-        raise CaptchaError(f"output={output}: that is one of the inputs; choose another file name")
-    if output.is_dir():
-        raise CaptchaError(f"output={output}: is a folder; give the CSV file's name")
+def written_files(output: Path, labelled: bool, tasks) -> list[Path]:
+    """Every file a prediction writes: the CSV and, for a labelled folder, its report beside it."""
+    if not labelled:
+        return [output]
+    stem = output.with_suffix("")
+    return [output, Path(f"{stem}.metrics.json"), Path(f"{stem}.confusion.png"),
+            *(Path(f"{stem}.mistakes_{t}.png") for t in sorted(tasks))]
+
+
+def model_files(path: Path) -> list[Path]:
+    """A model file and the files read with it (contracts, int8 copies and their fp32 originals)."""
+    from .int8 import copy_path, original_path
+    copy = copy_path(path)
+    return [path, Path(f"{path}.json"), copy, Path(f"{copy}.json"), original_path(copy)]
+
+
+def check_output(output: Path, data_dir: Path, names: list[str], ckpts, labelled: bool = False, tasks=()) -> None:
+    """Refuse, before any work, any file the run would write that is one of its inputs (also through
+    a link), that is not a regular file, or that cannot be written."""
+    inputs = [data_dir / "annotations.csv", data_dir / "sample_submission.csv", *(data_dir / n for n in names)]
+    for c in map(model_path, ckpts):
+        inputs += [f for p in (sweep_checkpoints(c) if c.is_dir() else [c]) for f in model_files(p)]
+    taken = {os.path.realpath(p) for p in inputs}
+    for path in written_files(output, labelled, tasks):
+        if os.path.realpath(path) in taken:
+            raise CaptchaError(f"output={output}: it would write {path}, one of the inputs; choose another file name")
+        if path.is_dir():
+            raise CaptchaError(f"output={output}: {path} is a folder; give the CSV file's name")
+        if path.exists() and not stat.S_ISREG(os.stat(path).st_mode):
+            raise CaptchaError(f"output={output}: {path} is not a regular file; choose another file name")
     folder = next(p for p in output.absolute().parents if p.exists())  # missing folders are made
     if not folder.is_dir() or not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise CaptchaError(f"output={output}: not writable (check {folder})")
@@ -124,9 +146,11 @@ def predict(cfg: DictConfig) -> dict:
         raise CaptchaError("no input given: add data_dir=DIR (a test folder, a labelled folder or a folder of images)")
     data_dir, output = Path(cfg.data_dir), Path(cfg.output)
     names, labels, kind = list_inputs(data_dir)
-    check_output(output, data_dir, names, ckpts)
+    check_output(output, data_dir, names, ckpts)  # before loading the models: the CSV itself
     readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                           num_workers=cfg.num_workers, tta=cfg.tta)
+                           num_workers=cfg.num_workers, tta=cfg.tta, allowed=cfg.get("alphabet"),
+                           fold_case=cfg.get("fold_case", False))
+    check_output(output, data_dir, names, ckpts, labels is not None, readers)  # and the report beside it
     tasks = tasks_of(names, readers)
 
     missing = {}
@@ -164,7 +188,8 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     """metrics JSON, confusion matrix and worst-mistakes grid beside `output`."""
     done = [i for i, p in enumerate(predictions) if p is not None]
     # a model trained on lower-cased labels is scored against lower-cased labels
-    labels = [label.lower() if t in readers and readers[t].lowercase else label for label, t in zip(labels, tasks)]
+    labels = [label.lower() if t in readers and (readers[t].lowercase or readers[t].fold_case) else label
+              for label, t in zip(labels, tasks)]
     metrics = {}
     for task in sorted(readers):
         rows = [i for i in done if tasks[i] == task]

@@ -43,6 +43,54 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[st
     return [decode(row[ctc_keep(row)] - 1, alphabet) for row in steps], best.prod(-1)
 
 
+# names for the sets of characters captchas draw from, for alphabet= (joined with +: digits+lower)
+CHARACTER_SETS = {"digits": "0123456789", "lower": "abcdefghijklmnopqrstuvwxyz", "upper": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+
+
+def characters(allowed) -> str | None:
+    """alphabet= as characters: None, a string of them, or named sets (digits+lower)."""
+    if allowed is None:
+        return None
+    if not isinstance(allowed, str):  # Hydra reads alphabet=0123 as the number 123
+        raise CaptchaError(f"alphabet={allowed!r}: give the characters in quotes (alphabet='\"0123456789\"') or "
+                           f"by name: {', '.join(CHARACTER_SETS)}, joined with + (alphabet=digits+lower)")
+    names = allowed.split("+")
+    if all(n in CHARACTER_SETS for n in names):
+        return "".join(dict.fromkeys("".join(CHARACTER_SETS[n] for n in names)))
+    return allowed
+
+
+def restriction(alphabet: str, head: str, allowed: str | None = None, fold_case: bool = False):
+    """A function that narrows (B, steps, classes) logits to the characters `allowed` (None: all of
+    the model's) and, with fold_case, adds each upper-case letter's probability to its lower-case
+    one's, so that only lower case can be read; None when there is nothing to narrow."""
+    if allowed is None and not fold_case:
+        return None
+    offset = 1 if head == "ctc" else 0  # CTC's class 0 is the blank, never taken away
+    if allowed is not None:
+        if not isinstance(allowed, str) or not allowed:
+            raise CaptchaError(f"alphabet={allowed!r}: give the characters to read, e.g. alphabet=0123456789")
+        unknown = sorted(set(allowed.lower() if fold_case else allowed)
+                         - set(alphabet.lower() if fold_case else alphabet))
+        if unknown:
+            raise CaptchaError(f"alphabet={allowed!r}: the model never reads {''.join(unknown)!r} (it reads {alphabet!r})")
+    merge = [(alphabet.index(c.lower()) + offset, i + offset) for i, c in enumerate(alphabet)
+             if fold_case and c != c.lower() and c.lower() in alphabet]
+    wanted = None if allowed is None else set(allowed.lower() if fold_case else allowed)
+    drop = [i + offset for i, c in enumerate(alphabet)
+            if (wanted is not None and (c.lower() if fold_case else c) not in wanted)
+            or (fold_case and c != c.lower() and c.lower() in alphabet)]
+    into, source = np.array([m[0] for m in merge], dtype=np.intp), np.array([m[1] for m in merge], dtype=np.intp)
+
+    def narrow(logits: np.ndarray) -> np.ndarray:
+        logits = np.array(logits, dtype=np.float32)
+        if len(into):
+            logits[..., into] = np.logaddexp(logits[..., into], logits[..., source])
+        logits[..., drop] = -np.inf
+        return logits
+    return narrow
+
+
 def near_ties(logits: np.ndarray, margin: float) -> np.ndarray:
     """Per image: whether at some step its top two classes are within `margin` of each other."""
     if logits.shape[-1] < 2:  # one class: nothing to tie with
@@ -95,7 +143,8 @@ class CaptchaReader:
     over `tta` test-time views. Build it with from_checkpoint(), from_onnx() or ensemble()."""
 
     def __init__(self, logits_fn, task: str, length, alphabet: str, width: int, height: int, head: str = "positions",
-                 lowercase: bool = False, batch_size: int = 32, num_workers: int = 0, source: str = "", tta: int = 1):
+                 lowercase: bool = False, batch_size: int = 32, num_workers: int = 0, source: str = "", tta: int = 1,
+                 allowed: str | None = None, fold_case: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise CaptchaError(f"batch_size={batch_size!r}: must be a whole number of at least 1")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -107,6 +156,9 @@ class CaptchaReader:
         self.lowercase = lowercase  # the model was trained on lower-cased labels
         self.width, self.height, self.batch_size, self.num_workers = width, height, batch_size, num_workers
         self.source, self.tta = source, tta
+        # allowed: read only these characters (e.g. digits); fold_case: read upper and lower case as lower
+        self.allowed, self.fold_case = allowed, bool(fold_case)
+        self.narrow = restriction(alphabet, head, characters(allowed), fold_case)
         self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
 
     def describe(self) -> dict:
@@ -123,7 +175,8 @@ class CaptchaReader:
             if differ:
                 raise CaptchaError(f"{first.source} and {r.source} cannot be averaged: their {', '.join(differ)} differ")
         reader = cls([fn for r in readers for fn in r.logits_fns], **first.describe(), batch_size=first.batch_size,
-                     num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta)
+                     num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta,
+                     allowed=first.allowed, fold_case=first.fold_case)
         reader.precision = " + ".join(r.precision for r in readers)
         return reader
 
@@ -134,6 +187,9 @@ class CaptchaReader:
         precision=32 forces fp32, int8 the int8 copy."""
         from .int8 import find, gpu_possible
 
+        from .packaged import model_path
+
+        path = model_path(path)  # pretrained:general and the like
         precision, why = str(precision), None  # Hydra passes precision=32 as a number
         if precision not in ("auto", "32", "bf16", "16", "int8"):
             raise CaptchaError(f"precision={precision!r}: choose auto, int8, 32, bf16 or 16")
@@ -250,7 +306,9 @@ class CaptchaReader:
         images = [images] if single else list(images)
         labels, confidence = [], []
         for batch in self._batches(images, progress):
-            got, conf = decode_logits(self.logits(np.stack(batch)), self.head, self.alphabet)
+            logits = self.logits(np.stack(batch))
+            got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.head, self.alphabet)
+            got = [g.lower() for g in got] if self.fold_case else got
             labels += got
             confidence.append(conf)
         return labels, np.concatenate(confidence) if confidence else np.zeros(0)

@@ -61,7 +61,7 @@ def _colour(low: int, high: int) -> tuple[int, int, int]:
     return tuple(captcha_image.secrets.randbelow(high - low + 1) + low for _ in range(3))
 
 
-STYLES = {"imagecaptcha": ImageCaptcha, "kaggle": KaggleStyleCaptcha}
+STYLES = {"imagecaptcha": ImageCaptcha, "kaggle": KaggleStyleCaptcha, "general": None}  # general: styles.py
 
 
 def font_files(folder) -> tuple[str, ...]:
@@ -78,7 +78,8 @@ def font_files(folder) -> tuple[str, ...]:
 class Renderer:
     """Renders labelled captchas of a fixed size; picklable, so DataLoader workers can use it.
     length: a number or a [shortest, longest] range (each image draws its length uniformly).
-    style: "imagecaptcha" (the package's own look) or "kaggle" (closer to the competition's images).
+    style: "imagecaptcha" (the package's own look), "kaggle" (closer to the competition's images) or
+    "general" (a new style for every image, styles.py: what the general reader pretrains on).
     fonts: a folder of .ttf/.otf files (None: the package's own fonts)."""
 
     def __init__(self, width: int, height: int, length, alphabet: str, font_sizes=None,
@@ -97,6 +98,9 @@ class Renderer:
 
     def render(self, rng: random.Random) -> tuple[np.ndarray, str]:
         """One (H, W, 3) uint8 image and its label, fully determined by `rng`."""
+        if self.style == "general":
+            from .styles import draw_general
+            return draw_general(rng, self.alphabet, self.lengths, self.width, self.height)
         if self._captcha is None:
             self._captcha = STYLES[self.style](self.width, self.height, fonts=self.fonts, font_sizes=self.font_sizes)
         lo, hi = self.lengths

@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .checkpoint import pretrained, read_checkpoint
+from .checkpoint import model_path, pretrained, read_checkpoint
 from .datasets import ArrayDataset
-from .errors import CaptchaError
+from .errors import CaptchaError, Terminated
 from .files import atomic_path, atomic_write_text
 from .folders import labelled_items
 from .hardware import training_precision
@@ -92,7 +92,7 @@ def check_config(cfg: DictConfig) -> None:
     init = cfg.get("init_from")
     if init == "pretrained" and not cfg.get("ckpt_path"):
         pretrained(cfg.task.name)  # one line naming the tasks that have one, if this one has none
-    elif init is not None and not cfg.get("ckpt_path") and not Path(init).is_file():  # a resumed run needs it no more
+    elif init is not None and not cfg.get("ckpt_path") and not model_path(init).is_file():  # a resumed run needs it no more
         raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
                            f"the checkpoints/last.ckpt of a python train.py run)")
     if cfg.get("ckpt_path"):  # continuing a run: its checkpoint must hold the model this config builds
@@ -240,35 +240,61 @@ def final_training(cfg: DictConfig) -> None:
         cfg.callbacks.model_checkpoint = None
 
 
+def ctc_rows(old: str, new: str) -> list[int | None]:
+    """For a CTC head of alphabet `new` started from one of alphabet `old`: the old row of each new
+    row (row 0 is the blank, row i + 1 character i), None for a character the old head never read."""
+    return [0] + [old.index(c) + 1 if c in old else None for c in new]
+
+
 def start_from(model, path) -> None:
     """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
-    match (a network pretrained on rendered images, or trained on another alphabet or length:
-    its heads start fresh). init_from=pretrained: the reader captcha-lit ships for the task. The
-    optimizer, schedule and epochs start anew."""
-    path = pretrained(model.hparams.task) if path == "pretrained" else path
+    match (a network pretrained on rendered images, or trained on another alphabet or length).
+    A CTC head of another alphabet keeps the rows of the characters both read (a character the
+    checkpoint never read starts fresh); per-position heads of another alphabet or length start
+    fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
+    packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
+    path = pretrained(model.hparams.task) if path == "pretrained" else model_path(path)
     hparams, state = read_checkpoint(path)
     # the network the checkpoint predicts with (its weight average, if it kept one) starts both of
     # this run's copies, the trained one and (with model.ema) the average
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
+    head, old_head = model.hparams.head, hparams.get("head", "positions")
     # heads that read another alphabet, or the same characters in another order, would load by
     # shape alone and name every character wrongly
-    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length")) \
-        and hparams.get("head", "positions") == model.hparams.head
+    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length")) and old_head == head
     for key in ("mean", "std"):  # the weights expect inputs scaled as they were trained on
         if key in hparams and list(hparams[key]) != list(model.hparams[key]):
             raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(hparams[key])}, this run "
                                f"sets {list(model.hparams[key])}: set model.{key}={list(hparams[key])} (or init_from=null)")
     fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
             and (same_heads or not name.startswith("heads."))}
+    mapped = ""
+    if head == old_head == "ctc" and not same_heads and all(f"heads.{p}" in source for p in ("weight", "bias")):
+        rows = ctc_rows(str(hparams.get("alphabet", "")), model.hparams.alphabet)
+        for p in ("weight", "bias"):
+            key, old = f"net.heads.{p}", source[f"heads.{p}"]
+            if old.shape[1:] != own[key].shape[1:]:
+                break
+            value = own[key].clone()
+            for i, r in enumerate(rows):
+                if r is not None and r < len(old):
+                    value[i] = old[r]
+            fits[key] = value
+            if model.ema_net is not None:
+                fits[f"ema_net.heads.{p}"] = value
+        else:
+            fresh_chars = "".join(c for c, r in zip(model.hparams.alphabet, rows[1:]) if r is None)
+            mapped = (f"; CTC head: {len(rows) - 1 - len(fresh_chars)} characters kept"
+                      + (f", {fresh_chars!r} fresh" if fresh_chars else ""))
     if not fits.keys() & dict(model.named_parameters()).keys():
         raise CaptchaError(f"init_from={path}: none of its weights fit this model (init_from=null trains from scratch): "
                            f"it has widths={hparams.get('widths')}, "
                            f"strides={hparams.get('strides')}, blocks_per_stage={hparams.get('blocks_per_stage')}")
     model.load_state_dict(fits, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})
-    print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded"
+    print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded{mapped}"
           + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
 
 
@@ -349,8 +375,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with exit(1), after saving nothing half-written
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None  # the entry point's one line and exit code 130
+        if trainer.interrupted:  # the entry point's one line and exit code 130 (143 for SIGTERM)
+            raise (Terminated if getattr(trainer, "received_sigterm", False) else KeyboardInterrupt) from None
         raise
 
     checkpoint = trainer.checkpoint_callback

@@ -293,7 +293,8 @@ def test_non_checkpoint_files_give_a_clear_error(tmp_path, kind):
         torch.save({"weights": torch.zeros(3)}, path)
     elif kind == "directory":
         path.mkdir()
-    message = {"tensor": "not a captcha-lit checkpoint", "directory": "no such file", "missing": "no such file"}
+    message = {"tensor": "not a captcha-lit checkpoint", "directory": "a folder, not a checkpoint",
+               "missing": "no such file"}
     with pytest.raises(CaptchaError, match=message.get(kind, r"model\.ckpt: not a readable checkpoint \(")):
         load_module(path)
 
@@ -435,15 +436,25 @@ def test_prediction_output_that_is_an_input_is_refused_before_any_work(tmp_path)
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     data = make_folder(tmp_path / "d", {"task1": 3})
     labels = (data / "annotations.csv").read_text()
-    for output, message in ((data / "annotations.csv", "that is one of the inputs"),
-                            (data / "task1" / "00000.png", "that is one of the inputs"),
-                            (tmp_path / "m.ckpt", "that is one of the inputs"),
-                            (data, "is a folder"), (tmp_path / "m.ckpt" / "s.csv", "not writable")):
+    image = data / "task1" / "00000.png"
+    (tmp_path / "link.csv").symlink_to(image)
+    (tmp_path / "m.int8.onnx").write_bytes(b"a copy")  # the checkpoint's int8 copy is read with it
+    os.mkfifo(tmp_path / "pipe.csv")
+    before = {p: p.read_bytes() for p in (image, tmp_path / "m.int8.onnx")}
+    inputs = "it would write .*, one of the inputs"
+    for output, message in ((data / "annotations.csv", inputs), (image, inputs), (tmp_path / "m.ckpt", inputs),
+                            (tmp_path / "m.int8.onnx", inputs), (tmp_path / "link.csv", inputs),
+                            (data / "task1" / "00000.csv", inputs),
+                            (tmp_path / "pipe.csv", ".*pipe.csv is not a regular file"),
+                            (data, ".* is a folder"), (tmp_path / "m.ckpt" / "s.csv", "not writable")):
+        if output.name == "00000.csv":  # the mistakes picture of task1 would land on an image named so
+            (data / "task1" / "00000.mistakes_task1.png").write_bytes(image.read_bytes())
+            (data / "annotations.csv").write_text(labels + "task1/00000.mistakes_task1.png,7\n")
         cfg = compose_cfg("predict", [f"ckpt={tmp_path / 'm.ckpt'}", f"data_dir={data}", f"output={output}",
                                       "progress=false"])
         with pytest.raises(CaptchaError, match=f"output={output}: {message}"):
             predict(cfg)
-    assert (data / "annotations.csv").read_text() == labels
+    assert all(p.read_bytes() == b for p, b in before.items())
 
 
 def test_export_onto_its_own_checkpoint_is_refused(tmp_path):
@@ -468,7 +479,7 @@ def test_continuing_from_a_checkpoint_of_another_task_is_refused_before_any_work
 
 def test_the_onnx_and_ddddocr_exports_never_replace_each_other(tmp_path, capsys):
     from captcha_lit.export import export_ddddocr, export_onnx
-    from captcha_lit.export import main as export_main
+    from captcha_lit.cli import export as export_main
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     export_main([str(tmp_path / "m.ckpt"), "--format", "ddddocr"])  # by default beside the ONNX export's m.onnx
     assert {p.name for p in tmp_path.iterdir()} == {"m.ckpt", "m.ddddocr.onnx", "m.ddddocr.charsets.json"}
@@ -605,12 +616,14 @@ def test_a_truncated_cache_file_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C
-def interrupt_when(cmd, cwd, marker, timeout=120):
-    """Starts cmd, sends one SIGINT once `marker` appears on its stderr (or, for a path, once that
-    file exists), and returns (exit code, stderr, seconds from the signal to the exit)."""
+def interrupt_when(cmd, cwd, marker, timeout=120, sig=signal.SIGINT):
+    """Starts cmd, sends one `sig` once `marker` appears on its stderr (or, for a path, once that
+    file exists), and returns (exit code, stderr, seconds from the signal to the exit). Every
+    process it started (its worker pools) must be gone a few seconds after it exits."""
     # SIGINT back to its default in the child: a shell that starts this suite in the background
-    # hands it SIGINT ignored, and Python keeps an inherited ignore (no KeyboardInterrupt)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # hands it SIGINT ignored, and Python keeps an inherited ignore (no KeyboardInterrupt). Its own
+    # session: its process group is what it started
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     reader = threading.Thread(target=lambda: [seen.append(c) for c in iter(lambda: proc.stderr.read(1), b"")],
@@ -623,18 +636,28 @@ def interrupt_when(cmd, cwd, marker, timeout=120):
     assert proc.poll() is None, "finished before it could be interrupted: " + b"".join(seen).decode()[-2000:]
     time.sleep(0.5)  # well inside the work
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         code = proc.wait(timeout=30)
     finally:
         proc.kill()
     elapsed = time.monotonic() - sent
     reader.join(5)
+    for _ in range(50):  # the process group empties once its workers have ended
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"workers of {cmd[:3]} still running 5 s after it exited")
     return code, b"".join(seen).decode(errors="replace"), elapsed
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_ends_prediction_with_one_line(tmp_path):
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_one_ctrl_c_or_sigterm_ends_prediction_with_one_line(tmp_path, sig, expected):
     module = CaptchaModule(**module_args("task1"))  # the report's network: slow enough to interrupt
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, tmp_path / "m.ckpt")
     data = make_folder(tmp_path / "d", {"task1": 1})
@@ -644,29 +667,71 @@ def test_one_ctrl_c_ends_prediction_with_one_line(tmp_path):
         (data / "task1" / f"{i:05d}.png").write_bytes(png)
     cmd = [sys.executable, str(ROOT / "predict.py"), f"ckpt={tmp_path / 'm.ckpt'}", f"data_dir={data}",
            "output=out.csv", "batch_size=16", "num_workers=2", "precision=32"]
-    code, stderr, seconds = interrupt_when(cmd, tmp_path, "reading task1")
-    assert code == 130 and seconds < 15, stderr[-2000:]
+    code, stderr, seconds = interrupt_when(cmd, tmp_path, "reading task1", sig=sig)
+    assert code == expected and seconds < 15, stderr[-2000:]
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m.ckpt"]  # no output, no temporary file
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_ends_generate_and_takes_back_its_images(tmp_path):
-    cmd = [sys.executable, "-m", "captcha_lit.generate", f"out={tmp_path / 'g'}", "num.task1=20000", "num.task2=0",
-           "num.task3=0", "num_workers=2"]
-    code, stderr, seconds = interrupt_when(cmd, tmp_path, "writing")
-    assert code == 130 and seconds < 15, stderr[-2000:]
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_one_ctrl_c_or_sigterm_ends_generate_and_takes_back_its_images(tmp_path, sig, code, name):
+    cmd = [sys.executable, "-c", "from captcha_lit.cli import generate; generate()", f"out={tmp_path / 'g'}",
+           "num.task1=20000", "num.task2=0", "num.task3=0", "num_workers=2"]
+    got, stderr, seconds = interrupt_when(cmd, tmp_path, "writing", sig=sig)
+    assert got == code and seconds < 15, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == \
+        f"interrupted ({name}); nothing half-written was left", stderr[-2000:]
     assert [p for p in (tmp_path / "g").rglob("*") if p.is_file()] == []  # no images, no annotations, no temp files
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_ends_training_with_one_line_and_resumable_checkpoints(tmp_path):
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_one_ctrl_c_or_sigterm_ends_training_with_one_line_and_resumable_checkpoints(tmp_path, sig, expected):
     run = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run}", "trainer=cpu"] + TINY + \
         ["trainer.max_epochs=50", "data.num_train=2000"]
-    code, stderr, seconds = interrupt_when(cmd, tmp_path, run / "checkpoints" / "last.ckpt")  # in the second epoch
-    assert code == 130 and seconds < 15, stderr[-2000:]
+    code, stderr, seconds = interrupt_when(cmd, tmp_path, run / "checkpoints" / "last.ckpt", sig=sig)  # in the 2nd epoch
+    assert code == expected and seconds < 15, stderr[-2000:]
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the first epoch's, intact
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- only regular files are read
+def test_named_pipes_where_images_are_expected_are_refused_not_waited_on(tmp_path):
+    """A named pipe blocks whoever opens it until a writer comes: reading one would hang forever."""
+    from captcha_lit.cli import export as export_main
+    from captcha_lit.folders import read_csv_rows
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    plain = make_folder(tmp_path / "plain", {"task1": 2})
+    (plain / "annotations.csv").unlink()
+    os.mkfifo(plain / "task1" / "pipe.png")
+    cfg = compose_cfg("predict", [f"ckpt={tmp_path / 'm.ckpt'}", f"data_dir={plain}", f"output={tmp_path / 'o.csv'}",
+                                  "progress=false", "num_workers=0"])
+    with pytest.raises(CaptchaError, match=r"pipe.png: a named pipe, not an image"):
+        predict(cfg)
+    labelled = make_folder(tmp_path / "labelled", {"task1": 2}, extra_rows=[("task1/pipe.png", "3")])
+    os.mkfifo(labelled / "task1" / "pipe.png")
+    cfg = compose_cfg("train", TINY + ["data=folder", f"data.root={labelled}", "trainer=cpu", "trainer.max_steps=1"],
+                      tmp_path / "run")
+    with pytest.raises(CaptchaError, match=r"pipe.png: a named pipe, not an image"):
+        train(cfg)
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(CaptchaError, match=r"pipe.csv: a named pipe, not a CSV file"):
+        read_csv_rows(tmp_path / "pipe.csv")
+    with pytest.raises(SystemExit) as exit_:
+        export_main([str(tmp_path / "m.ckpt"), "--int8", str(plain)])
+    assert exit_.value.code == 2
+    assert not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_an_int8_export_never_lands_on_an_image_it_reads(tmp_path, capsys):
+    from captcha_lit.cli import export as export_main
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    data = make_folder(tmp_path / "d", {"task1": 4})
+    image = data / "task1" / "00001.png"
+    before = image.read_bytes()
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "m.ckpt"), str(image), "--int8", str(data)])
+    assert "that is a file of" in capsys.readouterr().err and image.read_bytes() == before

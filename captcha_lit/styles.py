@@ -1,0 +1,213 @@
+"""A parametric renderer of many captcha styles, for pretraining the general reader.
+
+Each image draws its own style: canvas size, fonts (one or one per character), size, spacing and
+overlap, rotation and shear, colours (one for the text or one per character), background (plain,
+gradient, blotchy texture, a tile per character, light or dark), lines and curves through the
+text, dots and rings, a wave warp, blur, pixel noise and JPEG artefacts. One image in
+`imagecaptcha_share` is drawn by the `captcha` package's ImageCaptcha with a random font of the pool.
+Everything comes from the generator it is given, so (seed, stream, index) fixes the image.
+
+It draws none of the generators the few-shot bench tests on (claptcha, wheezy.captcha,
+multicolorcaptcha, bench/make_style_sets.py's plain style) nor their fonts: the general reader is
+measured on styles it never saw."""
+import io
+import random
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+# font packages of the registry (pip install -e ".[pretrain]"); fonts whose lower and upper case
+# look alike (Amatic SC) would teach the reader to guess the case
+FONT_PACKAGES = ("font-roboto", "font-source-sans-pro", "font-source-serif-pro", "font-caladea", "font-fredoka-one",
+                 "font-hanken-grotesk", "font-manrope", "font-intuitive", "font-fjallaone", "font-lato")
+SYSTEM_FONTS = Path("/usr/share/fonts/truetype/dejavu")  # Debian's fonts-dejavu, where installed
+
+
+@lru_cache(maxsize=1)
+def font_pool() -> tuple[str, ...]:
+    """The .ttf files of the font packages that are installed, DejaVu where the system has it, and
+    the captcha package's own font: never empty."""
+    import captcha
+    fonts = {str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf")}
+    for package in FONT_PACKAGES:
+        try:
+            files = metadata.files(package) or []
+        except metadata.PackageNotFoundError:
+            continue
+        fonts |= {str(f.locate()) for f in files if str(f).lower().endswith(".ttf")}
+    if SYSTEM_FONTS.is_dir():
+        fonts |= {str(p) for p in SYSTEM_FONTS.glob("*.ttf") if "MathTeX" not in p.name and "ExtraLight" not in p.name}
+    return tuple(sorted(fonts))
+
+
+@lru_cache(maxsize=4096)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+
+
+def _colour(rng: random.Random, luminance: tuple[int, int]) -> tuple[int, int, int]:
+    """A random colour whose mean channel lies in `luminance`."""
+    target = rng.randint(*luminance)
+    spread = rng.choice((0, 30, 80))  # grey, tinted or saturated
+    c = [min(255, max(0, target + rng.randint(-spread, spread))) for _ in range(3)]
+    return tuple(c)
+
+
+def _labels(rng: random.Random, alphabet: str, length: int) -> str:
+    """Characters drawn from a subset of the alphabet that real captchas use: digits only, one case
+    with digits, or everything."""
+    subsets = [s for s in ("".join(c for c in alphabet if c.isdigit()),
+                           "".join(c for c in alphabet if c.isdigit() or c.islower()),
+                           "".join(c for c in alphabet if c.isdigit() or c.isupper()),
+                           alphabet) if s]
+    pool = rng.choices(subsets, weights=[1, 1.5, 1.5, 3][-len(subsets):])[0]
+    return "".join(rng.choice(pool) for _ in range(length))
+
+
+def _background(rng: random.Random, w: int, h: int, dark: bool) -> Image.Image:
+    lum = (0, 90) if dark else (170, 255)
+    kind = rng.choice(("plain", "plain", "gradient", "texture"))
+    if kind == "plain":
+        return Image.new("RGB", (w, h), _colour(rng, lum))
+    if kind == "gradient":
+        a, b = np.array(_colour(rng, lum), float), np.array(_colour(rng, lum), float)
+        t = np.linspace(0, 1, w if rng.random() < 0.7 else h)
+        ramp = a + (b - a) * t[:, None]
+        grid = np.broadcast_to(ramp[None], (h, w, 3)) if len(t) == w else np.broadcast_to(ramp[:, None], (h, w, 3))
+        return Image.fromarray(grid.astype(np.uint8))
+    # blotches: coarse random colours blown up smoothly
+    nr = np.random.default_rng(rng.getrandbits(32))
+    base = np.array(_colour(rng, lum), float)
+    coarse = base + nr.normal(0, rng.choice((15, 30, 45)), (rng.randint(2, 6), rng.randint(3, 12), 3))
+    img = Image.fromarray(coarse.clip(0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    return img
+
+
+def _glyph(rng: random.Random, char: str, font, colour, outline: bool) -> Image.Image:
+    """One character on a transparent tile, rotated and sheared."""
+    left, top, right, bottom = font.getbbox(char)
+    pad = max(2, font.size // 6)
+    tile = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tile)
+    if outline:
+        draw.text((pad - left, pad - top), char, font=font, fill=(0, 0, 0, 0), stroke_width=max(1, font.size // 18),
+                  stroke_fill=colour + (255,))
+    else:
+        draw.text((pad - left, pad - top), char, font=font, fill=colour + (255,))
+    shear = rng.uniform(-0.3, 0.3) if rng.random() < 0.3 else 0.0
+    if shear:
+        w, h = tile.size
+        tile = tile.transform((w + int(abs(shear) * h), h), Image.AFFINE,
+                              (1, shear, -abs(shear) * h if shear > 0 else 0, 0, 1, 0), Image.BILINEAR)
+    angle = rng.gauss(0, rng.choice((0, 8, 18, 30)))
+    if angle:
+        tile = tile.rotate(angle, Image.BILINEAR, expand=True)
+    return tile
+
+
+def _curve(rng: random.Random, w: int, h: int) -> list[tuple[float, float]]:
+    """A line, wave or arc across the image as a polyline."""
+    x0, x1 = rng.uniform(-0.1, 0.3) * w, rng.uniform(0.7, 1.1) * w
+    y0, y1 = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * h
+    amp, freq, phase = rng.uniform(0, 0.3) * h, rng.uniform(0.5, 3), rng.uniform(0, 6.3)
+    t = np.linspace(0, 1, 24)
+    ys = y0 + (y1 - y0) * t + amp * np.sin(2 * np.pi * freq * t + phase)
+    return list(zip((x0 + (x1 - x0) * t).tolist(), ys.tolist()))
+
+
+def _warp(rng: random.Random, img: np.ndarray) -> np.ndarray:
+    """A wave displacement of rows and columns."""
+    h, w, _ = img.shape
+    ax, ay = rng.uniform(0, 0.06) * h, rng.uniform(0, 0.12) * h
+    fx, fy = rng.uniform(0.5, 2.5) / w, rng.uniform(0.3, 1.5) / h
+    px, py = rng.uniform(0, 6.3), rng.uniform(0, 6.3)
+    ys, xs = np.mgrid[0:h, 0:w]
+    sx = np.clip(xs + ax * np.sin(2 * np.pi * fy * ys + px), 0, w - 1).astype(np.intp)
+    sy = np.clip(ys + ay * np.sin(2 * np.pi * fx * xs + py), 0, h - 1).astype(np.intp)
+    return img[sy, sx]
+
+
+def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> Image.Image:
+    """One captcha of `label` in a style drawn from `rng`, at a size drawn from it too."""
+    h = rng.randint(30, 72)
+    size = max(10, int(h * rng.uniform(0.55, 0.9)))
+    per_char_font = rng.random() < 0.3
+    image_font = rng.choice(fonts)
+    dark = rng.random() < 0.15  # light text on a dark background
+    text_lum = (170, 255) if dark else (0, rng.choice((90, 130)))
+    per_char_colour = rng.random() < 0.4
+    colour = _colour(rng, text_lum)
+    outline = rng.random() < 0.05
+    glyphs = []
+    for char in label:
+        font = _font(rng.choice(fonts) if per_char_font else image_font, max(10, int(size * rng.uniform(0.85, 1.15))))
+        glyphs.append(_glyph(rng, char, font, _colour(rng, text_lum) if per_char_colour else colour, outline))
+    spacing = rng.uniform(-0.22, 0.25) * size  # negative: characters overlap
+    text_w = int(sum(g.width for g in glyphs) + spacing * (len(glyphs) - 1))
+    margin = int(rng.uniform(0.05, 0.5) * size) + 2
+    w = max(text_w + 2 * margin, int(h * 0.8))
+    tiles = rng.random() < 0.1  # a coloured tile behind each character
+    img = _background(rng, w, h, dark)
+    draw = ImageDraw.Draw(img)
+    x = (w - text_w) / 2
+    for g in glyphs:
+        y = (h - g.height) / 2 + rng.uniform(-0.15, 0.15) * h
+        if tiles:
+            draw.rectangle((x, 0, x + g.width + spacing, h), fill=_colour(rng, (150, 255) if not dark else (0, 100)))
+        img.paste(g, (int(x), int(y)), g)
+        x += g.width + spacing
+    n_lines = rng.choice((0, 0, 1, 2, 3, 5))
+    for _ in range(n_lines):
+        fill = colour if rng.random() < 0.5 else _colour(rng, text_lum if rng.random() < 0.7 else (60, 200))
+        draw.line(_curve(rng, w, h), fill=fill, width=rng.choice((1, 1, 2, 3)))
+    n_dots = rng.choice((0, 0, 30, 100, 300))
+    for _ in range(n_dots):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.choice((0.5, 1, 1.5))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_colour(rng, (0, 255)))
+    for _ in range(rng.choice((0, 0, 0, 3, 8))):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(2, h / 3)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=_colour(rng, (0, 255)))
+    if rng.random() < 0.35:
+        img = Image.fromarray(_warp(rng, np.asarray(img)))
+    if rng.random() < 0.25:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+    if rng.random() < 0.2:
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(4, 20), (h, w, 3))
+        img = Image.fromarray((np.asarray(img, float) + noise).clip(0, 255).astype(np.uint8))
+    if rng.random() < 0.25:
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", quality=rng.randint(15, 75))
+        img = Image.open(buffer).convert("RGB")
+    return img
+
+
+def draw_imagecaptcha(rng: random.Random, label: str, fonts: tuple[str, ...]) -> Image.Image:
+    """The captcha package's ImageCaptcha, with a font of the pool and a random size."""
+    from captcha import image as captcha_image
+    from captcha.image import ImageCaptcha
+
+    from .render import _swap_lock
+    h = rng.randint(40, 80)
+    w = int(h * rng.uniform(0.45, 0.75) * max(2, len(label))) + 10
+    sizes = tuple(int(h * s) for s in (0.6, 0.7, 0.8))
+    with _swap_lock:
+        saved, captcha_image.secrets = captcha_image.secrets, rng
+        try:
+            return ImageCaptcha(w, h, fonts=[rng.choice(fonts)], font_sizes=sizes).generate_image(label)
+        finally:
+            captcha_image.secrets = saved
+
+
+def draw_general(rng: random.Random, alphabet: str, lengths: tuple[int, int], width: int, height: int,
+                 imagecaptcha_share: float = 0.25) -> tuple[np.ndarray, str]:
+    """One (height, width, 3) uint8 image of a random style and its label: drawn at its own size
+    and aspect, then scaled to (width, height) as every reader scales its inputs."""
+    label = _labels(rng, alphabet, rng.randint(*lengths))
+    draw = draw_imagecaptcha if rng.random() < imagecaptcha_share else draw_parametric
+    img = draw(rng, label, font_pool()).convert("RGB").resize((width, height), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8), label

@@ -1,0 +1,75 @@
+"""The general reader's parts: the many-style renderer, a CTC head carried to another alphabet,
+zero-shot reading narrowed to some characters, and a pretraining that survives an interruption."""
+import numpy as np
+import pytest
+import torch
+
+from captcha_lit.errors import CaptchaError
+from captcha_lit.module import CaptchaModule
+from captcha_lit.reader import CaptchaReader, restriction
+from captcha_lit.render import Renderer, sample_rng
+from captcha_lit.styles import font_pool
+from captcha_lit.train import ctc_rows, start_from
+
+ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TINY_CTC = dict(task="t", length=[1, 4], width=64, height=32, head="ctc", widths=[16, 16, 32, 32],
+                strides=[2, 2, 2, [2, 1]])
+
+
+def test_the_general_style_is_seeded_varied_and_labelled_within_the_task():
+    renderer = Renderer(128, 48, [1, 8], ALNUM, style="general")
+    drawn = [renderer.render(sample_rng(0, "train", i)) for i in range(60)]
+    again = [renderer.render(sample_rng(0, "train", i)) for i in range(3)]
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(drawn, again))
+    assert all(img.shape == (48, 128, 3) and img.dtype == np.uint8 for img, _ in drawn)
+    labels = [label for _, label in drawn]
+    assert all(1 <= len(label) <= 8 and set(label) <= set(ALNUM) for label in labels)
+    assert len({len(label) for label in labels}) >= 6 and any(c.isupper() for c in "".join(labels))
+    # different backgrounds: the mean colour of the images spreads widely
+    assert np.std([img.mean() for img, _ in drawn]) > 15
+    assert len(font_pool()) >= 1
+
+
+def test_a_ctc_head_keeps_the_rows_of_the_characters_both_alphabets_read(tmp_path, capsys):
+    assert ctc_rows("ab1", "1bz") == [0, 3, 2, None]
+    pre = CaptchaModule(alphabet="abc123", **TINY_CTC)
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pre.hparams), "state_dict": pre.state_dict()}, path)
+    run = CaptchaModule(alphabet="31xa", **TINY_CTC)
+    fresh = run.net.heads.weight.detach().clone()
+    start_from(run, path)
+    w, old = run.net.heads.weight, pre.net.heads.weight
+    for new_row, old_row in ((0, 0), (1, 6), (2, 4), (4, 1)):  # blank, '3', '1', 'a'
+        assert torch.equal(w[new_row], old[old_row])
+    assert torch.equal(w[3], fresh[3])  # 'x': never read by the checkpoint, starts fresh
+    assert torch.equal(run.net.stem[0].weight, pre.net.stem[0].weight)
+    assert "CTC head: 3 characters kept, 'x' fresh" in capsys.readouterr().out
+
+
+def test_reading_narrowed_to_some_characters_and_folded_case():
+    alphabet = "1aA"  # CTC classes: blank, '1', 'a', 'A'
+    steps = np.log(np.array([[[0.1, 0.2, 0.3, 0.4], [0.9, 0.05, 0.03, 0.02]]]))  # 'A' then blank
+    assert restriction(alphabet, "ctc") is None
+    digits = restriction(alphabet, "ctc", allowed="1")(steps)
+    assert digits[0, 0].argmax() == 1 and np.isneginf(digits[0, 0, 2:]).all() and digits[0, 1].argmax() == 0
+    folded = restriction(alphabet, "ctc", fold_case=True)(steps)
+    assert folded[0, 0].argmax() == 2 and np.isclose(np.exp(folded[0, 0, 2]), 0.7)  # a + A
+    positions = restriction("12a", "positions", allowed="12")(np.log(np.array([[[0.2, 0.3, 0.5]]])))
+    assert positions[0, 0].argmax() == 1
+    with pytest.raises(CaptchaError, match=r"alphabet='1z': the model never reads 'z'"):
+        restriction(alphabet, "ctc", allowed="1z")
+
+
+def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
+    module = CaptchaModule(alphabet=ALNUM, **TINY_CTC).eval()
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    images = np.random.default_rng(0).integers(0, 255, (16, 32, 64, 3), dtype=np.uint8)
+    free = CaptchaReader.from_checkpoint(path, precision="32").read(list(images))
+    digits = CaptchaReader.from_checkpoint(path, precision="32", allowed="digits").read(list(images))
+    lower = CaptchaReader.from_checkpoint(path, precision="32", fold_case=True).read(list(images))
+    assert any(not s.isdigit() for s in free if s)  # an untrained model reads letters too
+    assert all(set(s) <= set("0123456789") for s in digits)
+    assert all(s == s.lower() for s in lower)
+    with pytest.raises(CaptchaError, match="give the characters in quotes"):
+        CaptchaReader.from_checkpoint(path, precision="32", allowed=123)
