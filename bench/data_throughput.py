@@ -48,8 +48,8 @@ if args.files < args.batch * (args.batches + 1):  # the folder and the cache ser
 dev = torch.device(args.device)
 
 TASK = preset("task3")  # the largest input (96x72) and four heads
-HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
-renderer = Renderer(HP["width"], HP["height"], HP["length"], HP["alphabet"], style=args.style)
+HP = dict(task=TASK.config())
+renderer = Renderer(TASK.width, TASK.height, TASK.length, TASK.alphabet, style=args.style)
 tmp = Path(tempfile.mkdtemp(prefix="captcha-bench-"))
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 

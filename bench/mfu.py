@@ -32,7 +32,7 @@ size = args.size or (8192 if dev.type == "cuda" else 2048)  # big enough to reac
 torch.backends.cudnn.benchmark = True
 
 TASK = preset("task3")  # the largest input (96x72) and four heads
-HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
+HP = dict(task=TASK.config())
 torch.manual_seed(0)
 module = CaptchaModule(**HP).to(dev).train()
 opt = torch.optim.Adam(module.parameters(), lr=1e-3)
@@ -40,8 +40,8 @@ opt = torch.optim.Adam(module.parameters(), lr=1e-3)
 
 def batch(n):
     g = torch.Generator().manual_seed(n)
-    images = torch.randint(0, 256, (n, 3, HP["height"], HP["width"]), dtype=torch.uint8, generator=g)
-    targets = torch.randint(0, len(HP["alphabet"]), (n, HP["length"]), generator=g)
+    images = torch.randint(0, 256, (n, 3, TASK.height, TASK.width), dtype=torch.uint8, generator=g)
+    targets = torch.randint(0, len(TASK.alphabet), (n, TASK.length), generator=g)
     return images.to(dev), targets.to(dev)
 
 

@@ -45,6 +45,7 @@ from captcha_lit.checkpoint import load_module, read_checkpoint
 from captcha_lit.export import export_onnx, int8_from_folder
 from captcha_lit.folders import read_labelled
 from captcha_lit import hardware
+from captcha_lit.spec import ModelSpec
 from captcha_lit.images import load_image
 from captcha_lit.reader import CaptchaReader
 from captcha_lit.tasks import preset
@@ -84,9 +85,7 @@ def module_reader(path, autocast: bool) -> CaptchaReader:
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             return module(torch.from_numpy(images).movedim(-1, 1)).float().numpy()
 
-    hp = module.hparams
-    return CaptchaReader(logits_fn, hp.task, hp.length, hp.alphabet, hp.width, hp.height, hp.head, hp.lowercase,
-                         batch_size=256)
+    return CaptchaReader(logits_fn, module.spec, batch_size=256)
 
 
 def with_int8_copy(ckpt, name: str) -> Path:
@@ -106,7 +105,7 @@ print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, native bf16: {(hardwar
 
 if not args.skip_models:
     sample = {t: v[:: max(1, len(v) // args.n)][:args.n] for t, v in items.items()}  # spread over the folder
-    sizes = {t: (hp["width"], hp["height"]) for t, c in ckpts.items() for hp in [read_checkpoint(c)[0]]}
+    sizes = {t: (spec.width, spec.height) for t, c in ckpts.items() for spec in [ModelSpec.read(read_checkpoint(c)[0], c)]}
     arrays = {t: np.stack([load_image(p, *sizes[t]) for p, _ in v]) for t, v in sample.items()}  # at each model's size
     variants = {
         "eager-fp32": lambda c: module_reader(c, autocast=False),

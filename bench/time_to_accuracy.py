@@ -13,7 +13,7 @@ that starts from a pretrained reader may do so before training; --target 1.01 re
 epoch, images seen and wall time at that point (or its best if it never does), and ends with
 the ratio of the first variant's time to the last one's.
 
-`before` is the recipe of round 2 (pinned here, whatever conf/experiment says now); `shipped`
+`before` is the recipes of revision 4313065, from scratch (pinned here, whatever conf/experiment says now); `shipped`
 is the one in conf/experiment; `finetune` is `experiment=finetune init_from=CKPT` (--init-from: a
 model pretrained on rendered images, e.g. the embedded default's last.ckpt for task1; its
 pretraining time is not counted).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from captcha_lit.report import wilson
 
-# the kaggle recipes as they were before issue 12 (commit 4313065), every knob pinned: from scratch,
-# not from the packaged readers the recipes start from since round 9
+# the kaggle recipes of revision 4313065, every setting pinned: from scratch (init_from=null), not
+# from the packaged readers the recipes start from now
 BEFORE = {
     "task1": "task.width=72 task.height=72 trainer.max_epochs=3 data.synthetic_ratio=8 data.style=imagecaptcha",
     "task2": "task.width=72 task.height=72 trainer.max_epochs=10 data.synthetic_ratio=5 data.style=kaggle",

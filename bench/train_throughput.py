@@ -48,7 +48,7 @@ dev = torch.device(args.device)
 torch.backends.cudnn.benchmark = True  # what conf/trainer/default.yaml sets (benchmark: true)
 
 TASK = preset("task3")  # the largest input (96x72) and four heads
-HP = dict(task=TASK.name, length=TASK.length, alphabet=TASK.alphabet, width=TASK.width, height=TASK.height)
+HP = dict(task=TASK.config())
 accelerator = "gpu" if dev.type == "cuda" else "cpu"
 precision, _ = training_precision("auto", accelerator)  # what train.py picks: bf16-mixed on this CPU
 amp = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")  # (16-mixed: GradScaler left out)
@@ -58,8 +58,8 @@ variants = ["lightning", matching] + [p for p in args.precisions.split(",") if p
 # one epoch holds every step of a run, so no epoch-end work (logging the epoch's figures) falls inside it
 n = args.batch * (args.warmup + args.steps)
 rng = np.random.default_rng(0)
-data = ArrayDataset(rng.integers(0, 256, (n, HP["height"], HP["width"], 3), dtype=np.uint8),
-                    rng.integers(0, len(HP["alphabet"]), (n, HP["length"])))
+data = ArrayDataset(rng.integers(0, 256, (n, TASK.height, TASK.width, 3), dtype=np.uint8),
+                    rng.integers(0, len(TASK.alphabet), (n, TASK.length)))
 # pinned on a GPU, as the datamodule does (data.pin_memory=null): the copy to the GPU does not block the host
 loader = DataLoader(data, batch_size=None, sampler=BatchSampler(RandomSampler(data), args.batch, drop_last=True),
                     pin_memory=dev.type == "cuda")
@@ -102,7 +102,7 @@ def run_lightning():
 nets = {}
 for v in variants[1:]:
     torch.manual_seed(0)
-    net = ResNet(HP["length"], len(HP["alphabet"])).to(dev)
+    net = ResNet(TASK.length, len(TASK.alphabet)).to(dev)
     if "-cl" in v:
         net = net.to(memory_format=torch.channels_last)
     if v.endswith("+compile"):
@@ -123,7 +123,7 @@ def run_plain(variant):
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             x = ((images.float() / 255 - 0.5) / 0.5).contiguous(memory_format=layout)  # the module's normalisation
             logits = net(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * HP["length"]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) * TASK.length
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -26,8 +26,10 @@ def decode(indices, alphabet: str) -> str:
     return "".join(alphabet[int(i)] for i in indices if int(i) >= 0)
 
 
-def ctc_keep(steps: np.ndarray) -> np.ndarray:
-    """Greedy CTC decoding of one row of per-step classes: True at the steps that give a character
-    (not the blank 0, not a repeat of the step before); that character's index is class - 1."""
-    steps = np.asarray(steps)
-    return (steps != 0) & np.concatenate([[True], steps[1:] != steps[:-1]])
+def ctc_keep(steps):
+    """Greedy CTC decoding, the one rule both training (torch tensors) and reading (numpy arrays)
+    use: True at the steps of (..., T) per-step classes that give a character (not the blank 0,
+    not a repeat of the step before); that character's index is class - 1."""
+    keep = steps != 0
+    keep[..., 1:] &= steps[..., 1:] != steps[..., :-1]
+    return keep

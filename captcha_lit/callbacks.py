@@ -13,8 +13,8 @@ from .module import greedy_decode
 def captions(module, images, targets) -> list[tuple[str, str]]:
     """(read, true) per image, read as the model reads (CTC: repeats merged, blanks dropped)."""
     with torch.no_grad():
-        preds = greedy_decode(module(images), module.hparams.head)
-    alphabet = module.hparams.alphabet
+        preds = greedy_decode(module(images), module.spec.head)
+    alphabet = module.spec.alphabet
     return [(decode(p, alphabet), decode(t, alphabet)) for p, t in zip(preds.cpu(), targets.cpu())]
 
 

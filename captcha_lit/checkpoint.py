@@ -9,8 +9,8 @@ import torch
 from .errors import CaptchaError
 from .files import regular_file
 from .packaged import PRETRAINED, model_path, pretrained  # noqa: F401 (where callers find them)
-from .net import ResNet, fold_batchnorm
-from .tasks import length_range
+from .net import ResNet, fold_batchnorm, normalise
+from .spec import ModelSpec
 
 def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
     """The checkpoint's hyperparameters and weights, checked.
@@ -36,9 +36,10 @@ def read_checkpoint(path, expect: dict | None = None) -> tuple[dict, dict]:
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "task" not in hparams or not isinstance(ckpt.get("state_dict"), dict):
         raise CaptchaError(f"{path}: not a captcha-lit checkpoint (no task in its hyperparameters)")
+    spec = ModelSpec.read(hparams, str(path)).values()  # what it reads, every field checked
     for key, wanted in (expect or {}).items():
-        if hparams.get(key) != wanted:
-            raise CaptchaError(f"{path}: trained for {key}={hparams.get(key)!r}, not the {key}={wanted!r} asked for: "
+        if spec.get(key) != wanted:
+            raise CaptchaError(f"{path}: trained for {key}={spec.get(key)!r}, not the {key}={wanted!r} asked for: "
                                f"use a checkpoint trained for {key}={wanted!r}")
     state = ckpt["state_dict"]
     if not all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t) and t.is_floating_point()):
@@ -59,7 +60,7 @@ def load_module(path, expect: dict | None = None):
 
     hparams, state = read_checkpoint(path, expect)
     try:
-        module = CaptchaModule(**hparams)
+        module = CaptchaModule.from_hparams(hparams, str(path))
         module.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         raise _unfit(path, e) from None
@@ -77,24 +78,24 @@ class Reading(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images):
-        x = (images.float() / 255 - self.mean.float()) / self.std.float()
+        x = normalise(images, self.mean.float(), self.std.float())
         return self.net(x.to(self.mean.dtype))  # the weights' dtype: float32, or bfloat16 after .to(torch.bfloat16)
 
 
-def load_network(path, expect: dict | None = None) -> tuple[dict, Reading]:
-    """(hyperparameters, the inference network in eval mode): the weight average when the run kept
-    one, else the trained weights. Imports neither Lightning nor the renderer."""
-    hparams, state = read_checkpoint(path, expect)
+def load_network(path, expect: dict | None = None) -> tuple[ModelSpec, Reading]:
+    """(what the model reads, the inference network in eval mode): the weight average when the run
+    kept one, else the trained weights. Imports neither Lightning nor the renderer."""
+    hp, state = read_checkpoint(path, expect)
+    spec = ModelSpec.read(hp, str(path))
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     try:
-        hp = hparams
-        net = ResNet(length_range(hp["length"])[1], len(hp["alphabet"]), tuple(hp["widths"]), tuple(hp["strides"]),
-                     hp["blocks_per_stage"], hp["columns"], hp["head"])
+        net = ResNet(spec.steps, len(spec.alphabet), tuple(hp["widths"]), tuple(hp["strides"]),
+                     hp["blocks_per_stage"], hp["columns"], spec.head)
         net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        reading = Reading(fold_batchnorm(net.eval()), hp["mean"], hp["std"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        reading = Reading(fold_batchnorm(net.eval()), spec.mean, spec.std)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as e:
         raise _unfit(path, e) from None
-    return hparams, reading.eval()
+    return spec, reading.eval()
 
 
 def _reason(e: Exception) -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_network, read_checkpoint
+from .spec import ModelSpec
 from .errors import CaptchaError
 from .files import atomic_path, atomic_write_text
 from .images import IMAGE_SUFFIXES, load_image
@@ -43,9 +44,9 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_batc
                           opset_version=17, dynamo=False)
 
 
-def _example(hp: dict) -> torch.Tensor:
+def _example(spec: ModelSpec) -> torch.Tensor:
     """A batch of two blank uint8 images of the model's size, to trace the graph with."""
-    return torch.zeros(2, 3, hp["height"], hp["width"], dtype=torch.uint8)
+    return torch.zeros(2, 3, spec.height, spec.width, dtype=torch.uint8)
 
 
 def _refuse_overwriting_input(ckpt, output: Path, images=None) -> None:
@@ -124,9 +125,10 @@ def look_margin(int8, fp32, images: np.ndarray) -> float:
     return float(2 * np.quantile(error, 0.99))
 
 
-def _write_contract(hp: dict, output: Path, **extra) -> None:
-    contract = {key: hp[key] for key in ("task", "length", "alphabet", "width", "height", "head", "lowercase")}
-    contract.update(mean=list(hp["mean"]), std=list(hp["std"]), input="uint8 (batch, 3, height, width) RGB",
+def _write_contract(spec: ModelSpec, output: Path, **extra) -> None:
+    """OUTPUT.json: what the model reads (read back by ModelSpec.read) and how to call it."""
+    contract = spec.values()
+    contract.update(input="uint8 (batch, 3, height, width) RGB",
                     output="logits (batch, steps, classes): positions: argmax per step indexes the alphabet; "
                            "ctc: class 0 is the blank, class i is alphabet[i - 1], merge repeats", **extra)
     atomic_write_text(output.with_suffix(output.suffix + ".json"), json.dumps(contract, indent=2) + "\n")
@@ -134,14 +136,14 @@ def _write_contract(hp: dict, output: Path, **extra) -> None:
 
 def export_onnx(ckpt, output=None) -> Path:
     """OUTPUT.onnx (default: beside the checkpoint) and its contract OUTPUT.onnx.json."""
-    hp, net = load_network(ckpt)
+    spec, net = load_network(ckpt)
     output = Path(output) if output else Path(ckpt).with_suffix(".onnx")
     _refuse_overwriting_input(ckpt, output)
     if output.with_suffix(".charsets.json").exists():  # the charsets would then describe this model
         raise CaptchaError(f"{output}: a ddddocr export is there ({output.with_suffix('.charsets.json').name} beside "
                            f"it); name another output")
-    _to_onnx(net, _example(hp), output, dynamic_batch=True)
-    _write_contract(hp, output, precision="fp32")
+    _to_onnx(net, _example(spec), output, dynamic_batch=True)
+    _write_contract(spec, output, precision="fp32")
     return output
 
 
@@ -153,7 +155,7 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None, i
     (within look_margin) are read again by the original. Its contract records the checkpoint's
     sha256, the margin and the agreement. An explicit output is a plain int8 model."""
     made_from = digest(ckpt) if Path(ckpt).is_file() else None  # before reading: the contract names what was quantised
-    hp, net = load_network(ckpt)
+    spec, net = load_network(ckpt)
     is_copy = output is None
     output = Path(output) if output else copy_path(ckpt)
     for path in (output, Path(f"{output}.json"), original_path(output)):  # images: the folder calibrated on
@@ -162,7 +164,7 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None, i
     extra, re_read = {}, 0
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _to_onnx(net, _example(hp), fp32, dynamic_batch=True)
+        _to_onnx(net, _example(spec), fp32, dynamic_batch=True)
         quantize_int8(fp32, output, calibration)
         int8, original = _session(output), _session(fp32)
         reference, got = logits_of(original, check), logits_of(int8, check)
@@ -173,11 +175,11 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None, i
             extra["second_look"] = {"model": original_path(output).name, "margin": round(margin, 4)}
             close = near_ties(got, round(margin, 4))  # what a reader of the copy reads again (reader.second_look)
             got, re_read = np.where(close[:, None, None], reference, got), int(close.sum())
-    same = sum(a == b for a, b in zip(decode_logits(reference, hp["head"], hp["alphabet"])[0],
-                                      decode_logits(got, hp["head"], hp["alphabet"])[0]))
+    same = sum(a == b for a, b in zip(decode_logits(reference, spec.head, spec.alphabet)[0],
+                                      decode_logits(got, spec.head, spec.alphabet)[0]))
     if digest(ckpt) != made_from:
         raise CaptchaError(f"{ckpt} changed while its int8 copy was made (a run still saving it?); export it again")
-    _write_contract(hp, output, precision="int8", checkpoint_sha256=made_from,
+    _write_contract(spec, output, precision="int8", checkpoint_sha256=made_from,
                     agreement={"images": len(check), "same_string": same, "read_again": re_read}, **extra)
     return output, same, re_read
 
@@ -202,7 +204,7 @@ class DdddocrGraph(nn.Module):
 def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
     """OUT.onnx and OUT.charsets.json, for ddddocr.DdddOcr(ocr=False, det=False,
     import_onnx_path=OUT.onnx, charsets_path=OUT.charsets.json)."""
-    hp, net = load_network(ckpt)
+    spec, net = load_network(ckpt)
     stem = Path(output)
     stem = stem.with_suffix("") if stem.suffix == ".onnx" else stem
     onnx_path, charsets_path = Path(f"{stem}.onnx"), Path(f"{stem}.charsets.json")
@@ -211,10 +213,10 @@ def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
     if Path(f"{onnx_path}.json").exists():  # its contract would then describe a model of another input
         raise CaptchaError(f"{onnx_path}: a captcha-lit ONNX export is there ({onnx_path.name}.json beside it); "
                            f"name another output")
-    graph = DdddocrGraph(net, hp["head"]).eval()
-    _to_onnx(graph, torch.zeros(1, 3, hp["height"], hp["width"]), onnx_path, dynamic_batch=False)
+    graph = DdddocrGraph(net, spec.head).eval()
+    _to_onnx(graph, torch.zeros(1, 3, spec.height, spec.width), onnx_path, dynamic_batch=False)
     # image: ddddocr resizes to exactly [width, height]; channel 3: RGB, as the model was trained
-    charsets = {"charset": [""] + list(hp["alphabet"]), "word": False, "image": [hp["width"], hp["height"]], "channel": 3}
+    charsets = {"charset": [""] + list(spec.alphabet), "word": False, "image": [spec.width, spec.height], "channel": 3}
     atomic_write_text(charsets_path, json.dumps(charsets, ensure_ascii=False) + "\n")
     return onnx_path, charsets_path
 
@@ -232,10 +234,10 @@ def export_weights(ckpt, output) -> Path:
 
 
 def int8_from_folder(ckpt, folder, output=None) -> str:
-    hp, _ = read_checkpoint(ckpt)
+    spec = ModelSpec.read(read_checkpoint(ckpt)[0], str(ckpt))
     target = Path(output) if output else copy_path(ckpt)
     for path in (target, Path(f"{target}.json"), original_path(target)):  # before reading the images
         _refuse_overwriting_input(ckpt, path, folder)
-    calibration, check = folder_images(folder, hp["task"], hp["width"], hp["height"])
+    calibration, check = folder_images(folder, spec.task, spec.width, spec.height)
     path, same, re_read = export_int8(ckpt, calibration, check, output, folder)
     return f"{path}: reads as fp32 on {same} of {len(check)} images of {folder}{again(re_read)}"

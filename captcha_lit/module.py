@@ -6,12 +6,14 @@ import copy
 
 from torchmetrics import MeanMetric, MetricCollection
 
-from .alphabet import PAD, check_alphabet, decode
+from .alphabet import PAD, ctc_keep, decode
 from .errors import CaptchaError
-from .net import ResNet
-from .tasks import length_range
+from .net import ResNet, normalise
+from .spec import MEAN, STD, ModelSpec
 
-HEADS = ("positions", "ctc")
+# the network's own hyperparameters (the rest of a checkpoint's are its ModelSpec)
+NETWORK = ("widths", "strides", "blocks_per_stage", "columns", "label_smoothing", "augment", "ema", "channels_last",
+           "low_res", "low_res_until")
 
 
 def output_width(width: int, strides) -> int:
@@ -28,8 +30,7 @@ def greedy_decode(logits: torch.Tensor, head: str) -> torch.Tensor:
     steps = logits.argmax(-1)
     if head == "positions":
         return steps
-    keep = steps != 0
-    keep[:, 1:] &= steps[:, 1:] != steps[:, :-1]
+    keep = ctc_keep(steps)
     out = torch.full_like(steps, PAD)
     rows = torch.arange(len(steps), device=steps.device)[:, None].expand_as(steps)
     out[rows[keep], (keep.cumsum(1) - 1)[keep]] = steps[keep] - 1
@@ -61,28 +62,30 @@ class CaptchaModule(pl.LightningModule):
     preprocessing.
     """
 
-    def __init__(self, task: str, length, alphabet: str, width: int, height: int, lowercase: bool = False,
-                 head: str = "positions",
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # maps [0, 1] pixels to [-1, 1]
+    def __init__(self, task, head: str = "positions", mean=MEAN, std=STD,
                  widths=(36, 72, 144, 288), strides=(1, 2, 2, 2), blocks_per_stage: int = 2, columns: int = 0,
                  label_smoothing: float = 0.0, augment: float = 0.0, ema: float = 0.0, channels_last: bool = True,
                  low_res: float = 1.0, low_res_until: float = 0.75, optimizer=None, scheduler=None):
+        network = {k: v for k, v in locals().items() if k in NETWORK}
         super().__init__()
-        check_alphabet(alphabet)
-        lo, hi = length_range(length)
-        if head not in HEADS:
-            raise CaptchaError(f"model.head={head!r}: choose positions or ctc")
-        if head == "positions" and lo != hi:
-            raise CaptchaError(f"model.head=positions reads a fixed number of characters, but task {task} has "
-                               f"{lo} to {hi}: use model.head=ctc")
+        self.spec = spec = ModelSpec.of(task, head, mean, std)  # what it reads: checked once, there
+        hi = spec.steps
         if not 0.25 <= low_res <= 1 or not 0 <= low_res_until <= 1:
             raise CaptchaError(f"model.low_res={low_res}, model.low_res_until={low_res_until}: low_res must be "
                                f"from 0.25 to 1 (1: full size throughout), low_res_until from 0 to 1")
-        steps = output_width(width, strides)
+        if not widths or any(not isinstance(w, int) or w < 1 for w in widths) or len(strides) != len(widths):
+            raise CaptchaError(f"model.widths={list(widths)}, model.strides={list(strides)}: one whole number of "
+                               f"channels (1 or more) and one stride per stage")
+        if any(not all(isinstance(x, int) and x >= 1 for x in (s if isinstance(s, (list, tuple)) else [s]))
+               for s in strides):
+            raise CaptchaError(f"model.strides={list(strides)}: each a whole number of 1 or more, or [height, width]")
+        steps = output_width(spec.width, strides)
         if head == "ctc" and steps < 2 * hi - 1:  # a blank step must fit between two equal characters
-            raise CaptchaError(f"model.head=ctc: {width}-pixel wide images give {steps} columns, too few for "
+            raise CaptchaError(f"model.head=ctc: {spec.width}-pixel wide images give {steps} columns, too few for "
                                f"{hi} characters (needs {2 * hi - 1}); use wider images or smaller model.strides")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # flat hyperparameters, as every checkpoint has held them: the spec's values and the network's
+        self.save_hyperparameters({**spec.values(), **network})
+        width, height, alphabet = spec.width, spec.height, spec.alphabet
         self.low_res_size = low_res_size(width, height, low_res, strides, 2 * hi - 1 if head == "ctc" else 1)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = ResNet(hi, len(alphabet), tuple(widths), tuple(strides), blocks_per_stage, columns, head)
@@ -98,8 +101,8 @@ class CaptchaModule(pl.LightningModule):
         self.ema_net = None
         if ema:
             self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         # exact_match: the whole string right; char_acc: the share of a label's characters read right
         # at their position. Means over images; nan_strategy="disable" skips a NaN check that would
         # wait for the GPU (a device-to-host sync) on every step
@@ -116,9 +119,15 @@ class CaptchaModule(pl.LightningModule):
         self.train_images = self.train_scored = 0
         self.low_res_steps = 0  # the steps trained at low_res_size, set when training starts
 
+    @classmethod
+    def from_hparams(cls, hparams: dict, where: str) -> "CaptchaModule":
+        """The module a checkpoint's hyperparameters describe (its ModelSpec and network)."""
+        spec = ModelSpec.read(hparams, where)
+        return cls(spec.task_config(), spec.head, spec.mean, spec.std, **{k: hparams[k] for k in NETWORK if k in hparams})
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) images -> (B, length, classes) logits."""
-        x = (images.float() / 255 - self.mean) / self.std
+        x = normalise(images, self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         net = self.net if self.training or self.ema_net is None else self.ema_net
@@ -139,7 +148,7 @@ class CaptchaModule(pl.LightningModule):
         return out.round().clamp(0, 255).to(torch.uint8)
 
     def loss(self, logits, targets):
-        if self.hparams.head == "ctc":  # per image, summed over its characters like the heads' loss
+        if self.spec.head == "ctc":  # per image, summed over its characters like the heads' loss
             log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (steps, B, classes)
             lengths = (targets != PAD).sum(1)
             return F.ctc_loss(log_probs, targets[targets != PAD] + 1, torch.full_like(lengths, log_probs.shape[0]),
@@ -151,7 +160,7 @@ class CaptchaModule(pl.LightningModule):
 
     def scores(self, logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image: exact match (0/1) and the share of its characters read right at their position."""
-        preds, targets = compared(logits, targets, self.hparams.head)
+        preds, targets = compared(logits, targets, self.spec.head)
         valid, right = targets != PAD, preds == targets
         return right.all(1).float(), (right & valid).sum(1) / valid.sum(1)
 
@@ -230,7 +239,7 @@ class CaptchaModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx) -> list[str]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return [decode(p, self.hparams.alphabet) for p in greedy_decode(self(images), self.hparams.head).tolist()]
+        return [decode(p, self.spec.alphabet) for p in greedy_decode(self(images), self.spec.head).tolist()]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())

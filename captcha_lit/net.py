@@ -5,6 +5,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) images as the network takes them: pixels in [0, 1], then per channel
+    (x - mean) / std. Training and every reader scale with this one function."""
+    return (images.float() / 255 - mean) / std
+
+
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()

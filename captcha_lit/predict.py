@@ -58,13 +58,13 @@ def load_readers(ckpts, device="auto", precision="auto", **kwargs) -> dict[str, 
             else:
                 reader = CaptchaReader.from_checkpoint(path, device=device, precision=precision, **kwargs)
             if entry.is_dir():
-                if reader.task in from_folder:
-                    raise CaptchaError(f"ckpt={entry}: {from_folder[reader.task]} and {path} both trained "
-                                       f"{reader.task}; name the checkpoints to use in ckpt=[...] (several of one "
+                if reader.spec.task in from_folder:
+                    raise CaptchaError(f"ckpt={entry}: {from_folder[reader.spec.task]} and {path} both trained "
+                                       f"{reader.spec.task}; name the checkpoints to use in ckpt=[...] (several of one "
                                        f"task are averaged)")
-                from_folder[reader.task] = path
-                print(f"ckpt={entry}: {reader.task} from {path}")
-            models.setdefault(reader.task, []).append(reader)
+                from_folder[reader.spec.task] = path
+                print(f"ckpt={entry}: {reader.spec.task} from {path}")
+            models.setdefault(reader.spec.task, []).append(reader)
     readers = {task: rs[0] if len(rs) == 1 else CaptchaReader.ensemble(rs) for task, rs in models.items()}
     for task, reader in readers.items():
         print(f"{task}: {reader.precision}")
@@ -188,7 +188,7 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     """metrics JSON, confusion matrix and worst-mistakes grid beside `output`."""
     done = [i for i, p in enumerate(predictions) if p is not None]
     # a model trained on lower-cased labels is scored against lower-cased labels
-    labels = [label.lower() if t in readers and (readers[t].lowercase or readers[t].fold_case) else label
+    labels = [label.lower() if t in readers and (readers[t].spec.lowercase or readers[t].fold_case) else label
               for label, t in zip(labels, tasks)]
     metrics = {}
     for task in sorted(readers):
@@ -199,7 +199,7 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     stem = output.with_suffix("")
     atomic_write_text(f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
     with atomic_path(f"{stem}.confusion.png") as tmp:
-        alphabet = "".join(sorted(set("".join(r.alphabet for r in readers.values()))))
+        alphabet = "".join(sorted(set("".join(r.spec.alphabet for r in readers.values()))))
         confusion_picture([predictions[i] for i in done], [labels[i] for i in done], alphabet).save(tmp, format="PNG")
     for task in metrics:
         if task == "overall":
@@ -207,7 +207,7 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
         rows = [i for i in done if tasks[i] == task]
         r = readers[task]
         picture = mistakes_picture([data_dir / names[i] for i in rows], [predictions[i] for i in rows],
-                                   [labels[i] for i in rows], [confidence[i] for i in rows], r.width, r.height)
+                                   [labels[i] for i in rows], [confidence[i] for i in rows], r.spec.width, r.spec.height)
         with atomic_path(f"{stem}.mistakes_{task}.png") as tmp:
             picture.save(tmp, format="PNG")
     for task, m in metrics.items():

@@ -12,8 +12,10 @@ from tqdm import tqdm
 
 from .alphabet import ctc_keep, decode
 from .errors import CaptchaError
+from .files import regular_file
 from .images import load_image, to_rgb
 from .parallel import ordered_map
+from .spec import ModelSpec
 
 
 def _to_array(image, width: int, height: int) -> np.ndarray:
@@ -142,9 +144,8 @@ class CaptchaReader:
     """Reads the captchas of one task with one model, or the average of several (an ensemble),
     over `tta` test-time views. Build it with from_checkpoint(), from_onnx() or ensemble()."""
 
-    def __init__(self, logits_fn, task: str, length, alphabet: str, width: int, height: int, head: str = "positions",
-                 lowercase: bool = False, batch_size: int = 32, num_workers: int = 0, source: str = "", tta: int = 1,
-                 allowed: str | None = None, fold_case: bool = False):
+    def __init__(self, logits_fn, spec: ModelSpec, batch_size: int = 32, num_workers: int = 0, source: str = "",
+                 tta: int = 1, allowed: str | None = None, fold_case: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise CaptchaError(f"batch_size={batch_size!r}: must be a whole number of at least 1")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -152,29 +153,24 @@ class CaptchaReader:
         if not isinstance(tta, int) or not 1 <= tta <= len(VIEWS):
             raise CaptchaError(f"tta={tta!r}: must be a whole number from 1 (no test-time views) to {len(VIEWS)}")
         self.logits_fns = logits_fn if isinstance(logits_fn, list) else [logits_fn]
-        self.task, self.length, self.alphabet, self.head = task, length, alphabet, head
-        self.lowercase = lowercase  # the model was trained on lower-cased labels
-        self.width, self.height, self.batch_size, self.num_workers = width, height, batch_size, num_workers
-        self.source, self.tta = source, tta
+        self.spec = spec  # what the model reads (its task, alphabet, size, head)
+        self.batch_size, self.num_workers, self.source, self.tta = batch_size, num_workers, source, tta
         # allowed: read only these characters (e.g. digits); fold_case: read upper and lower case as lower
         self.allowed, self.fold_case = allowed, bool(fold_case)
-        self.narrow = restriction(alphabet, head, characters(allowed), fold_case)
+        self.narrow = restriction(spec.alphabet, spec.head, characters(allowed), fold_case)
         self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
-
-    def describe(self) -> dict:
-        """What a model reads; models of an ensemble must agree on all of it."""
-        return dict(task=self.task, length=self.length, alphabet=self.alphabet, width=self.width, height=self.height,
-                    head=self.head, lowercase=self.lowercase)
 
     @classmethod
     def ensemble(cls, readers: list["CaptchaReader"]) -> "CaptchaReader":
         """One reader that averages the class probabilities of several models of the same task."""
+        if not readers:
+            raise CaptchaError("ensemble([]): give the readers to average, one or more")
         first = readers[0]
         for r in readers[1:]:
-            differ = [k for k, v in first.describe().items() if r.describe()[k] != v]
+            differ = first.spec.reads_like(r.spec)
             if differ:
                 raise CaptchaError(f"{first.source} and {r.source} cannot be averaged: their {', '.join(differ)} differ")
-        reader = cls([fn for r in readers for fn in r.logits_fns], **first.describe(), batch_size=first.batch_size,
+        reader = cls([fn for r in readers for fn in r.logits_fns], first.spec, batch_size=first.batch_size,
                      num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta,
                      allowed=first.allowed, fold_case=first.fold_case)
         reader.precision = " + ".join(r.precision for r in readers)
@@ -209,7 +205,7 @@ class CaptchaReader:
         from .checkpoint import load_network
         from .hardware import cpu_precision_reason, inference_dtype, pick_device
 
-        hp, net = load_network(path)
+        spec, net = load_network(path)
         dev = pick_device(device)
         dtype = inference_dtype(precision, dev)
         # whole-model bf16 (no autocast casts per layer) in NHWC layout, the layout oneDNN and cuDNN run fastest
@@ -221,8 +217,7 @@ class CaptchaReader:
             x = torch.from_numpy(images).to(dev, non_blocking=True).permute(0, 3, 1, 2)
             return net(x).float().cpu().numpy()
 
-        reader = cls(logits_fn, hp["task"], hp["length"], hp["alphabet"], hp["width"], hp["height"], hp["head"],
-                     hp["lowercase"], source=str(path), **kwargs)
+        reader = cls(logits_fn, spec, source=str(path), **kwargs)
         reader.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] + f" on {dev.type}"
         if precision == "auto" and dev.type == "cpu" and dtype is None:
             reader.precision += f" ({cpu_precision_reason()})"
@@ -241,20 +236,25 @@ class CaptchaReader:
         if not path.is_file() or not contract_path.is_file():
             raise CaptchaError(f"{path}: an exported model needs the file and its contract {contract_path.name} beside it")
         try:
-            contract = json.loads(contract_path.read_text())
-            task = (contract["task"], contract["length"], contract["alphabet"], contract["width"], contract["height"],
-                    contract.get("head", "positions"), contract.get("lowercase", False))
+            contract = json.loads(regular_file(contract_path, "export contract").read_text())
             look = second_look_of(contract, path.parent)  # an int8 copy's fp32 original, for its near ties
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
             raise CaptchaError(f"{contract_path}: not a captcha-lit export contract ({type(e).__name__}: {e})") from None
+        spec = ModelSpec.read(contract, str(contract_path))
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for broken files
             raise CaptchaError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        graph_input = session.get_inputs()[0]
-        if list(graph_input.shape[2:]) != [task[4], task[3]]:
+        graph_input, graph_output = session.get_inputs()[0], session.get_outputs()[0]
+        if list(graph_input.shape[2:]) != [spec.height, spec.width]:
             raise CaptchaError(f"{path}: the graph takes {graph_input.shape[2:]} (height, width) images, but its "
-                               f"contract {contract_path.name} says {task[3]}x{task[4]}: they belong to different models")
+                               f"contract {contract_path.name} says {spec.width}x{spec.height}: they belong to "
+                               f"different models")
+        steps, classes = (graph_output.shape[1:] + [None, None])[:2]
+        if classes != spec.classes or (spec.head == "positions" and steps != spec.steps):
+            raise CaptchaError(f"{path}: the graph gives {steps} steps of {classes} classes, but its contract "
+                               f"{contract_path.name} says {spec.steps} characters of {len(spec.alphabet)} "
+                               f"({spec.head} head): they belong to different models")
         name = graph_input.name
         run = partial(run_onnx, session, name)
         if look is not None:
@@ -271,7 +271,7 @@ class CaptchaReader:
         def logits_fn(images: np.ndarray) -> np.ndarray:
             return run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
-        reader = cls(logits_fn, *task, source=str(path), **kwargs)
+        reader = cls(logits_fn, spec, source=str(path), **kwargs)
         reader.precision = f"{contract.get('precision', 'fp32')} on onnxruntime"
         return reader
 
@@ -286,8 +286,8 @@ class CaptchaReader:
 
     def _batches(self, images, progress: bool):
         """Lists of (H, W, 3) arrays, `batch_size` at a time, decoded on num_workers processes."""
-        load = partial(_to_array, width=self.width, height=self.height)
-        with tqdm(total=len(images), desc=f"reading {self.task}", unit="img", disable=not progress) as bar:
+        load = partial(_to_array, width=self.spec.width, height=self.spec.height)
+        with tqdm(total=len(images), desc=f"reading {self.spec.task}", unit="img", disable=not progress) as bar:
             batch = []
             for array in ordered_map(load, images, self.num_workers):
                 batch.append(array)
@@ -307,7 +307,8 @@ class CaptchaReader:
         labels, confidence = [], []
         for batch in self._batches(images, progress):
             logits = self.logits(np.stack(batch))
-            got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.head, self.alphabet)
+            got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.spec.head,
+                                      self.spec.alphabet)
             got = [g.lower() for g in got] if self.fold_case else got
             labels += got
             confidence.append(conf)

@@ -20,6 +20,7 @@ from .errors import CaptchaError, Terminated
 from .files import atomic_path, atomic_write_text
 from .folders import labelled_items
 from .hardware import training_precision
+from .spec import ModelSpec
 from .images import image_size
 from .tasks import CONF_DIR, from_config, infer_task
 
@@ -201,6 +202,11 @@ def resume_config(cfg: DictConfig, overrides=()) -> DictConfig:
         raise CaptchaError(f"resume={run} continues that run as configured; {', '.join(refused)} cannot change "
                            f"(only {', '.join(RESUMABLE)} can): start a new run to change them")
     data = stored_config(saved)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("task"), str):  # a run from before model.task held the task
+        model["task"] = data.get("task")
+        for key in ("length", "alphabet", "width", "height", "lowercase"):
+            model.pop(key, None)
     old_dir = data.get("output_dir")
     data = moved(data, old_dir, str(run)) if isinstance(old_dir, str) else data
     old = OmegaConf.create(data)  # plain values only: nothing to resolve
@@ -253,26 +259,28 @@ def start_from(model, path) -> None:
     checkpoint never read starts fresh); per-position heads of another alphabet or length start
     fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
     packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
-    path = pretrained(model.hparams.task) if path == "pretrained" else model_path(path)
+    path = pretrained(model.spec.task) if path == "pretrained" else model_path(path)
     hparams, state = read_checkpoint(path)
+    theirs, ours = ModelSpec.read(hparams, str(path)), model.spec
     # the network the checkpoint predicts with (its weight average, if it kept one) starts both of
     # this run's copies, the trained one and (with model.ema) the average
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
-    head, old_head = model.hparams.head, hparams.get("head", "positions")
+    head, old_head = ours.head, theirs.head
     # heads that read another alphabet, or the same characters in another order, would load by
     # shape alone and name every character wrongly
-    same_heads = all(hparams.get(k) == model.hparams[k] for k in ("alphabet", "length")) and old_head == head
+    same_heads = (theirs.alphabet, theirs.length, theirs.head) == (ours.alphabet, ours.length, ours.head)
     for key in ("mean", "std"):  # the weights expect inputs scaled as they were trained on
-        if key in hparams and list(hparams[key]) != list(model.hparams[key]):
-            raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(hparams[key])}, this run "
-                               f"sets {list(model.hparams[key])}: set model.{key}={list(hparams[key])} (or init_from=null)")
+        if getattr(theirs, key) != getattr(ours, key):
+            raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(getattr(theirs, key))}, this "
+                               f"run sets {list(getattr(ours, key))}: set model.{key}={list(getattr(theirs, key))} "
+                               f"(or init_from=null)")
     fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
             and (same_heads or not name.startswith("heads."))}
     mapped = ""
     if head == old_head == "ctc" and not same_heads and all(f"heads.{p}" in source for p in ("weight", "bias")):
-        rows = ctc_rows(str(hparams.get("alphabet", "")), model.hparams.alphabet)
+        rows = ctc_rows(theirs.alphabet, ours.alphabet)
         for p in ("weight", "bias"):
             key, old = f"net.heads.{p}", source[f"heads.{p}"]
             if old.shape[1:] != own[key].shape[1:]:
@@ -285,7 +293,7 @@ def start_from(model, path) -> None:
             if model.ema_net is not None:
                 fits[f"ema_net.heads.{p}"] = value
         else:
-            fresh_chars = "".join(c for c, r in zip(model.hparams.alphabet, rows[1:]) if r is None)
+            fresh_chars = "".join(c for c, r in zip(ours.alphabet, rows[1:]) if r is None)
             mapped = (f"; CTC head: {len(rows) - 1 - len(fresh_chars)} characters kept"
                       + (f", {fresh_chars!r} fresh" if fresh_chars else ""))
     if not fits.keys() & dict(model.named_parameters()).keys():

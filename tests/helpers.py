@@ -19,7 +19,7 @@ TINY = ["model.widths=[16,16,32,32]", "data.num_train=256", "data.num_val=64", "
 def module_args(name: str) -> dict:
     """A preset task as CaptchaModule's arguments."""
     task = preset(name)
-    return dict(task=task.name, length=task.length, alphabet=task.alphabet, width=task.width, height=task.height)
+    return dict(task=task.config())
 
 
 def compose_cfg(name: str, overrides=(), output_dir=None):

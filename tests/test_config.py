@@ -1,9 +1,17 @@
 """Every option of every config group composes and instantiates."""
+import logging
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+
+from captcha_lit.datamodule import CaptchaDataModule
 
 from captcha_lit.errors import CaptchaError
 from captcha_lit.module import CaptchaModule
@@ -16,6 +24,30 @@ def options(group):
     return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
 
 
+def own_settings(group, option) -> dict:
+    """What conf/GROUP/OPTION.yaml itself sets (its defaults list aside), interpolations unresolved."""
+    node = OmegaConf.to_container(OmegaConf.load(Path(CONF) / group / f"{option}.yaml"), resolve=False) or {}
+    node.pop("defaults", None)
+    return node
+
+
+def set_elsewhere(overrides) -> set:
+    """Dotted keys that the command line or the default experiment (quickstart) sets over a group's own."""
+    quickstart = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "experiment" / "quickstart.yaml"))
+    return ({o.split("=", 1)[0] for o in overrides}
+            | {f"{g}.{k}" for g, node in quickstart.items() if g != "defaults" for k in node})
+
+
+def learning_rates(scheduler, optimizer, steps):
+    """The learning rate of each of `steps` steps."""
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
 @pytest.mark.parametrize("group", ["task", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger"])
 def test_every_option_composes_and_instantiates(group, tmp_path):
     root = make_folder(tmp_path / "d", {"task1": 10, "task2": 10, "task3": 10})
@@ -25,7 +57,12 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
         tiny = [o for o in TINY if not o.startswith(f"{group}=")]
         overrides = [f"{group}={option}"] + ([f"data.root={root}"] if folder else []) + tiny
         cfg = compose_cfg("train", overrides, tmp_path / "run")
-        assert cfg[group] is not None or option == "none"
+        # the option chosen is the one composed: its own settings, where nothing else sets them
+        # (scheduler=none: an empty group)
+        given, composed = own_settings(group, option), OmegaConf.to_container(cfg[group], resolve=False)
+        assert bool(composed) == bool(given) == (option != "none"), (group, option)
+        kept = [k for k in given if f"{group}.{k}" not in set_elsewhere(overrides)]
+        assert {k: composed.get(k) for k in kept} == {k: given[k] for k in kept}, (group, option)
         if group == "trainer":
             cfg.trainer.precision = "32-true"
             if option == "gpu":  # composes everywhere; instantiating needs a GPU
@@ -44,14 +81,42 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
         elif group == "scheduler":
             if cfg.scheduler:
                 opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-                assert instantiate(cfg.scheduler)(opt, total_steps=10) is not None
+                scheduler = instantiate(cfg.scheduler)(opt, total_steps=10)
+                assert type(scheduler) is {"cosine": LambdaLR, "onecycle": OneCycleLR}[option]
+                rates = learning_rates(scheduler, opt, 10)
+                # the optimizer's lr is the peak, reached early (within the warm-up), and the run anneals to ~0
+                assert max(rates) == pytest.approx(0.1, rel=0.02) and rates.index(max(rates)) <= 2
+                assert rates[-1] < 0.005 and rates[3:] == sorted(rates[3:], reverse=True)
         elif group == "task":
             if option == "auto":  # filled from the folder at the start of a run
                 assert cfg.task.length is None and cfg.task.alphabet is None
             else:
                 assert preset(option).config() == dict(cfg.task) and cfg.model.length == cfg.task.length
+        elif group == "data":
+            data = instantiate(cfg.data)
+            assert type(data) is CaptchaDataModule and data.task == preset("task1")
+            assert (data.batch_size, data.num_train, data.num_val, data.num_workers) == (32, 256, 64, 0)
+            assert data.root == (str(root) if folder else None)
+            assert data.synthetic_ratio == {"folder": 0, "mixed": 1.0, "synthetic": 0}[option]
+        elif group == "model":
+            model = instantiate(cfg.model, _convert_="all")
+            assert type(model) is CaptchaModule
+            expected = {**module_args("task1"), "head": "positions", "widths": [16, 16, 32, 32]}
+            assert {k: model.hparams[k] for k in expected} == expected
+            # the network is built as configured: 16 channels in, 32 into the digits' 10-class head
+            assert (model.net.stem[0].weight.shape[0], tuple(model.net.heads.weight.shape)) == (16, (10, 32))
+            with torch.no_grad():  # one 10-class prediction per character
+                assert model(torch.zeros(2, 3, 72, 72, dtype=torch.uint8)).shape == (2, 1, 10)
+        elif group == "trainer":
+            trainer = instantiate(cfg.trainer)
+            assert type(trainer) is pl.Trainer and (trainer.max_epochs, trainer.precision) == (1, "32-true")
+            gpu = option != "cpu" and torch.cuda.is_available()  # default and ddp: the GPU when there is one
+            assert type(trainer.accelerator) is (CUDAAccelerator if gpu else CPUAccelerator)
+            assert trainer.num_devices == (2 if option == "ddp" else 1)
+            assert isinstance(trainer.strategy, DDPStrategy if option == "ddp" else SingleDeviceStrategy)
+            assert trainer.progress_bar_callback is None  # TINY's enable_progress_bar=false reached it
         else:
-            assert instantiate(cfg[group], **({"_convert_": "all"} if group == "model" else {})) is not None
+            raise AssertionError(f"conf/{group}: no check for this group")
 
 
 def test_report_recipes():
@@ -82,7 +147,7 @@ def test_checkpoint_names_have_no_equals_sign():
 
 
 @pytest.mark.parametrize("name", ["kaggle_task1", "kaggle_task2", "kaggle_task3"])
-def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
+def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path, capsys, caplog):
     from captcha_lit.train import train
     root = make_folder(tmp_path / "d", {"task1": 20, "task2": 20, "task3": 20})
     # init_from=null: the packaged reader (test_train.py) does not fit TINY's widths
@@ -95,7 +160,20 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path):
     assert (len(data.val_set), len(data.test_set)) == (3, 3) and data.test_set is not data.val_set
     assert len(data.train_set) == 14 + round(14 * cfg.data.synthetic_ratio)
     assert data.pin_memory == torch.cuda.is_available()  # pin_memory: null pins only for a GPU
-    train(cfg)
+    caplog.set_level(logging.INFO)
+    capsys.readouterr()
+    score = train(cfg)
+    # the run trained on the recipe's mix: 14 real images and 2 rendered ones per real one
+    assert f"{name[-5:]}: 14 real + 28 rendered training images (42 an epoch), 3 validation, 3 test" in caplog.text
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("final metrics: "))
+    metrics = {k: float(v) for k, v in (item.split("=") for item in line.removeprefix("final metrics: ").split(", "))}
+    assert metrics["train/loss"] > 0 and metrics["val/loss"] > 0 and 0 <= metrics["val/exact_match"] <= 1
+    assert score == pytest.approx(metrics["val/exact_match"], abs=1e-4)  # what a sweeper would optimise
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")  # the recipe's settings, as the run used them
+    assert (saved.task.name, saved.data.root, saved.data.synthetic_ratio, saved.data.style) == \
+        (name[-5:], str(root), 2, "kaggle")
+    assert (saved.optimizer._target_, saved.optimizer.lr, saved.model.label_smoothing, saved.init_from) == \
+        ("torch.optim.AdamW", 1e-4, 0.1, None)
 
 
 def test_finetune_needs_a_checkpoint_and_starts_from_all_of_it(tmp_path, capsys):

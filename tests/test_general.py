@@ -12,8 +12,11 @@ from captcha_lit.styles import font_pool
 from captcha_lit.train import ctc_rows, start_from
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-TINY_CTC = dict(task="t", length=[1, 4], width=64, height=32, head="ctc", widths=[16, 16, 32, 32],
-                strides=[2, 2, 2, [2, 1]])
+TINY_CTC = dict(head="ctc", widths=[16, 16, 32, 32], strides=[2, 2, 2, [2, 1]])
+
+
+def task(alphabet):
+    return dict(name="t", length=[1, 4], alphabet=alphabet, width=64, height=32)
 
 
 def test_the_general_style_is_seeded_varied_and_labelled_within_the_task():
@@ -32,10 +35,10 @@ def test_the_general_style_is_seeded_varied_and_labelled_within_the_task():
 
 def test_a_ctc_head_keeps_the_rows_of_the_characters_both_alphabets_read(tmp_path, capsys):
     assert ctc_rows("ab1", "1bz") == [0, 3, 2, None]
-    pre = CaptchaModule(alphabet="abc123", **TINY_CTC)
+    pre = CaptchaModule(task("abc123"), **TINY_CTC)
     path = tmp_path / "pre.ckpt"
     torch.save({"hyper_parameters": dict(pre.hparams), "state_dict": pre.state_dict()}, path)
-    run = CaptchaModule(alphabet="31xa", **TINY_CTC)
+    run = CaptchaModule(task("31xa"), **TINY_CTC)
     fresh = run.net.heads.weight.detach().clone()
     start_from(run, path)
     w, old = run.net.heads.weight, pre.net.heads.weight
@@ -61,7 +64,7 @@ def test_reading_narrowed_to_some_characters_and_folded_case():
 
 
 def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
-    module = CaptchaModule(alphabet=ALNUM, **TINY_CTC).eval()
+    module = CaptchaModule(task(ALNUM), **TINY_CTC).eval()
     path = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     images = np.random.default_rng(0).integers(0, 255, (16, 32, 64, 3), dtype=np.uint8)

@@ -13,8 +13,8 @@ def test_report_parameter_count():
 
 def test_shapes_for_both_image_sizes():
     for task, length, w, h in (("task1", 1, 72, 72), ("task2", 2, 72, 72), ("task3", 4, 96, 72)):
-        model = CaptchaModule(task=task, length=length, width=w, height=h,
-                              alphabet="0123456789abcdefghijklmnopqrstuvwxyz", widths=(8, 8, 16, 16))
+        model = CaptchaModule(dict(name=task, length=length, width=w, height=h, alphabet="0123456789abcdefghijklmnopqrstuvwxyz"),
+                              widths=(8, 8, 16, 16))
         images = torch.randint(0, 256, (3, 3, h, w), dtype=torch.uint8)
         assert model(images).shape == (3, length, 36)
         labels = model.predict_step(images, 0)
@@ -22,30 +22,31 @@ def test_shapes_for_both_image_sizes():
 
 
 def test_ctc_head_reads_variable_lengths():
-    model = CaptchaModule(task="x", length=[4, 6], width=160, height=60, alphabet="0123456789", head="ctc",
-                          widths=(8, 8, 16, 16))
+    model = CaptchaModule(dict(name="x", length=[4, 6], width=160, height=60, alphabet="0123456789"),
+                          head="ctc", widths=(8, 8, 16, 16))
     images = torch.randint(0, 256, (3, 3, 60, 160), dtype=torch.uint8)
     assert model(images).shape == (3, 20, 11)  # one step per 8 pixels of width; class 0 is the blank
     targets = torch.tensor([[1, 2, 3, 4, -1, -1], [5, 5, 5, 5, 5, 5], [0, 1, 2, 3, 4, -1]])
     loss = model.loss(model(images), targets)
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     with pytest.raises(CaptchaError, match="model.head=positions reads a fixed number of characters"):
-        CaptchaModule(task="x", length=[4, 6], width=160, height=60, alphabet="0123456789")
+        CaptchaModule(dict(name="x", length=[4, 6], width=160, height=60, alphabet="0123456789"))
     with pytest.raises(CaptchaError, match="gives? 4 columns, too few for 4 characters"):
-        CaptchaModule(task="x", length=4, width=32, height=60, alphabet="0123456789", head="ctc")
+        CaptchaModule(dict(name="x", length=4, width=32, height=60, alphabet="0123456789"), head="ctc")
     with pytest.raises(CaptchaError, match="model.head='rnn'"):
-        CaptchaModule(task="x", length=4, width=96, height=60, alphabet="0123456789", head="rnn")
+        CaptchaModule(dict(name="x", length=4, width=96, height=60, alphabet="0123456789"), head="rnn")
 
 
 def test_hyperparameters_are_primitives():
-    model = CaptchaModule(task="task1", length=1, alphabet="0123456789", width=72, height=72, optimizer=torch.optim.Adam)
+    model = CaptchaModule(dict(name="task1", length=1, alphabet="0123456789", width=72, height=72),
+                          optimizer=torch.optim.Adam)
     allowed = (str, int, float, bool, tuple, list, type(None))
     assert all(isinstance(v, allowed) for v in model.hparams.values())
     assert "optimizer" not in model.hparams
 
 
 def test_positional_head_and_augmentation():
-    model = CaptchaModule(task="task3", length=4, width=96, height=72, alphabet="0123456789abcdefghijklmnopqrstuvwxyz",
+    model = CaptchaModule(dict(name="task3", length=4, width=96, height=72, alphabet="0123456789abcdefghijklmnopqrstuvwxyz"),
                           widths=(16, 16, 32, 32), columns=8, augment=1.0)
     images = torch.randint(0, 256, (5, 3, 72, 96), dtype=torch.uint8)
     assert model(images).shape == (5, 4, 36)
@@ -58,8 +59,8 @@ def test_low_res_trains_smaller_images_first_then_full_size():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    model = CaptchaModule(task="task3", length=4, width=96, height=72, alphabet="0123456789", widths=(16, 16, 16, 16),
-                          low_res=0.5, low_res_until=0.5, optimizer=torch.optim.Adam)
+    model = CaptchaModule(dict(name="task3", length=4, width=96, height=72, alphabet="0123456789"),
+                          widths=(16, 16, 16, 16), low_res=0.5, low_res_until=0.5, optimizer=torch.optim.Adam)
     sizes = []
     model.net.register_forward_pre_hook(lambda m, x: sizes.append(tuple(x[0].shape[2:])) if m.training else None)
     data = TensorDataset(torch.randint(0, 256, (8, 3, 72, 96), dtype=torch.uint8), torch.randint(0, 10, (8, 4)))
@@ -71,9 +72,9 @@ def test_low_res_trains_smaller_images_first_then_full_size():
 
 def test_low_res_is_checked():
     with pytest.raises(CaptchaError, match="model.low_res=0.1"):
-        CaptchaModule(task="task1", length=1, width=72, height=72, alphabet="0123456789", low_res=0.1)
+        CaptchaModule(dict(name="task1", length=1, width=72, height=72, alphabet="0123456789"), low_res=0.1)
     # CTC at half size: 60 of 120 pixels would leave 8 columns for 5 characters; it trains 65 wide (9)
-    model = CaptchaModule(task="t", length=[2, 5], width=120, height=40, alphabet="0123456789", head="ctc",
+    model = CaptchaModule(dict(name="t", length=[2, 5], width=120, height=40, alphabet="0123456789"), head="ctc",
                           widths=(16, 16, 16, 16), strides=(2, 2, 2, (2, 1)), low_res=0.5)
     assert model.low_res_size == (20, 65)
     images = torch.randint(0, 256, (2, 3, 40, 120), dtype=torch.uint8)
@@ -88,8 +89,8 @@ def test_training_figures_are_the_epoch_means_of_the_steps():
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
-    model = CaptchaModule(task="task2", length=2, width=24, height=24, alphabet="0123", widths=(16, 16, 16, 16),
-                          optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    model = CaptchaModule(dict(name="task2", length=2, width=24, height=24, alphabet="0123"),
+                          widths=(16, 16, 16, 16), optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
     images, targets = torch.randint(0, 256, (10, 3, 24, 24), dtype=torch.uint8), torch.randint(0, 4, (10, 2))
     targets[:2] = model.train()(images[:4]).argmax(-1)[:2]  # some right readings, in batches 0 and 2
     targets[8] = model(images[8:])[0].argmax(-1)

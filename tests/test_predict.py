@@ -285,7 +285,7 @@ def test_an_ensemble_averages_the_probabilities_of_its_models(tmp_path, ckpts):
     both = CaptchaReader.ensemble([a, b])
     mean = (softmax(a.logits(images)) + softmax(b.logits(images))) / 2
     assert np.allclose(np.exp(both.logits(images)), mean, atol=1e-5)
-    assert both.read(images) == ["".join(both.alphabet[i] for i in row) for row in mean.argmax(-1)]
+    assert both.read(images) == ["".join(both.spec.alphabet[i] for i in row) for row in mean.argmax(-1)]
     # through predict.py: two checkpoints of one task in ckpt= are one averaged model
     run_predict(tmp_path, f"[{ckpts['task3']},{other}]", data, precision=32)
     assert [r[1] for r in read_rows(tmp_path / "submission.csv")[1:]] == both.read(images)
