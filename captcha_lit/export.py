@@ -36,12 +36,14 @@ from .reader import decode_logits, near_ties, run_onnx
 LARGE = 1e4  # a logit no softmax step can compete with
 
 
-def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_batch: bool) -> None:
+def _to_onnx(model: nn.Module, example: torch.Tensor, output: Path, dynamic_axes: dict) -> None:
     with atomic_path(output) as tmp:
         # the TorchScript exporter: it needs no extra package and handles this plain CNN
         torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-                          opset_version=17, dynamo=False)
+                          dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+
+
+BATCH = {"images": {0: "batch"}, "logits": {0: "batch"}}  # any number of images per run
 
 
 def _example(spec: ModelSpec) -> torch.Tensor:
@@ -142,7 +144,7 @@ def export_onnx(ckpt, output=None) -> Path:
     if output.with_suffix(".charsets.json").exists():  # the charsets would then describe this model
         raise CaptchaError(f"{output}: a ddddocr export is there ({output.with_suffix('.charsets.json').name} beside "
                            f"it); name another output")
-    _to_onnx(net, _example(spec), output, dynamic_batch=True)
+    _to_onnx(net, _example(spec), output, BATCH)
     _write_contract(spec, output, precision="fp32")
     return output
 
@@ -164,7 +166,7 @@ def export_int8(ckpt, calibration: np.ndarray, check: np.ndarray, output=None, i
     extra, re_read = {}, 0
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        _to_onnx(net, _example(spec), fp32, dynamic_batch=True)
+        _to_onnx(net, _example(spec), fp32, BATCH)
         quantize_int8(fp32, output, calibration)
         int8, original = _session(output), _session(fp32)
         reference, got = logits_of(original, check), logits_of(int8, check)
@@ -192,7 +194,13 @@ class DdddocrGraph(nn.Module):
         self.net, self.head = net, head
 
     def forward(self, pixels):
-        logits = self.net(pixels * 255)  # the network scales uint8-range pixels itself
+        # ddddocr hands imported models the image's own channels: RGB, RGBA (transparent PNGs, as
+        # its own model reads them) or one grey channel. Branch-free, so one graph takes all three:
+        # the alpha channel is the 4th where there is one (else 1), grey is spread over RGB, and the
+        # colours are laid on white as captcha-lit's reader does
+        alpha = torch.cat([pixels[:, 3:4], torch.ones_like(pixels[:, :1])], 1)[:, :1]
+        rgb = pixels[:, :3].expand(-1, 3, -1, -1)
+        logits = self.net((rgb * alpha + 1 - alpha) * 255)  # the network scales uint8-range pixels itself
         if self.head == "ctc":
             return logits
         b, n, k = logits.shape
@@ -214,7 +222,7 @@ def export_ddddocr(ckpt, output) -> tuple[Path, Path]:
         raise CaptchaError(f"{onnx_path}: a captcha-lit ONNX export is there ({onnx_path.name}.json beside it); "
                            f"name another output")
     graph = DdddocrGraph(net, spec.head).eval()
-    _to_onnx(graph, torch.zeros(1, 3, spec.height, spec.width), onnx_path, dynamic_batch=False)
+    _to_onnx(graph, torch.zeros(1, 3, spec.height, spec.width), onnx_path, {"images": {1: "channels"}})
     # image: ddddocr resizes to exactly [width, height]; channel 3: RGB, as the model was trained
     charsets = {"charset": [""] + list(spec.alphabet), "word": False, "image": [spec.width, spec.height], "channel": 3}
     atomic_write_text(charsets_path, json.dumps(charsets, ensure_ascii=False) + "\n")

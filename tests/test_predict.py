@@ -452,3 +452,20 @@ def test_a_failed_int8_copy_costs_the_copy_not_the_run(tmp_path, monkeypatch, ca
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert 0 <= score <= 1 and not best.with_suffix(".int8.onnx").exists()
     assert f"int8 copy not written (RuntimeError: quantiser exploded); make one with: captcha-export {best} --int8" in caplog.text
+
+
+def test_the_ddddocr_export_reads_transparent_and_grey_images_as_the_reader_does(tmp_path, ckpts):
+    """ddddocr's own model reads an RGBA PNG as it is; a swapped-in export must not need png_fix."""
+    ddddocr = pytest.importorskip("ddddocr")
+    model, charsets = export_ddddocr(ckpts["task3"], tmp_path / "model")
+    ocr = ddddocr.DdddOcr(ocr=False, det=False, import_onnx_path=str(model), charsets_path=str(charsets), show_ad=False)
+    reader = CaptchaReader.from_checkpoint(ckpts["task3"], precision="32")
+    paths = sorted((make_folder(tmp_path / "d", {"task3": 6}) / "task3").glob("*.png"))
+    for i, path in enumerate(paths):
+        rgb = Image.open(path).convert("RGB")
+        alpha = Image.fromarray(np.where(np.asarray(rgb.convert("L")) > 200, 0, 255).astype(np.uint8))
+        variants = {"rgba": Image.merge("RGBA", (*rgb.split(), alpha)), "grey": rgb.convert("L")}
+        for kind, image in variants.items():
+            saved = tmp_path / f"{i}-{kind}.png"
+            image.save(saved)
+            assert ocr.classification(saved.read_bytes()) == reader.read([saved])[0], (kind, path)
