@@ -56,6 +56,27 @@ def predict(cfg: DictConfig) -> None:
     run_reporting(run, cfg)
 
 
+@hydra.main(config_path=CONF, config_name="serve", version_base="1.3")
+def serve(cfg: DictConfig) -> None:
+    def run():
+        from .packaged import PRETRAINED
+        from .predict import load_readers
+        from .web.serve import Limits, serve
+
+        ckpts = cfg.ckpt if cfg.ckpt is not None else [f"pretrained:{p.stem}" for p in sorted(PRETRAINED.glob("*.ckpt"))]
+        ckpts = [ckpts] if isinstance(ckpts, str) else list(ckpts)
+        readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.max_batch,
+                               num_workers=0)
+        default = cfg.default or ("general" if cfg.ckpt is None and "general" in readers else next(iter(readers)))
+        if default not in readers:
+            raise CaptchaError(f"default={default}: no model for it (the models read {', '.join(readers)})")
+        limits = Limits(max_body_bytes=int(cfg.max_body_mb * (1 << 20)), max_pixels=cfg.max_pixels,
+                        max_images=cfg.max_images, timeout_s=cfg.timeout_s, body_timeout_s=cfg.body_timeout_s,
+                        queue_size=cfg.queue_size, max_batch=cfg.max_batch)
+        serve(readers, default, cfg.host, cfg.port, limits)
+    run_reporting(run)
+
+
 @hydra.main(config_path=CONF, config_name="generate", version_base="1.3")
 def generate(cfg: DictConfig) -> None:
     from .generate import generate as run
