@@ -12,7 +12,6 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from captcha_lit.datamodule import CaptchaDataModule
-
 from captcha_lit.errors import CaptchaError
 from captcha_lit.module import CaptchaModule
 from captcha_lit.tasks import preset
@@ -91,7 +90,12 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
             if option == "auto":  # filled from the folder at the start of a run
                 assert cfg.task.length is None and cfg.task.alphabet is None
             else:
-                assert preset(option).config() == dict(cfg.task) and cfg.model.length == cfg.task.length
+                assert preset(option).config() == dict(cfg.task)
+                # the model reads the task chosen (general's 1 to 8 characters: with a CTC head)
+                head = "ctc" if isinstance(preset(option).length, list) else "positions"
+                model = instantiate(cfg.model, head=head, _convert_="all")
+                assert (model.hparams.task, model.hparams.length, model.hparams.alphabet) == \
+                    (option, preset(option).length, preset(option).alphabet)
         elif group == "data":
             data = instantiate(cfg.data)
             assert type(data) is CaptchaDataModule and data.task == preset("task1")
@@ -101,7 +105,9 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
         elif group == "model":
             model = instantiate(cfg.model, _convert_="all")
             assert type(model) is CaptchaModule
-            expected = {**module_args("task1"), "head": "positions", "widths": [16, 16, 32, 32]}
+            task = preset("task1")
+            expected = {"task": "task1", "length": task.length, "alphabet": task.alphabet, "width": task.width,
+                        "height": task.height, "head": "positions", "widths": [16, 16, 32, 32]}
             assert {k: model.hparams[k] for k in expected} == expected
             # the network is built as configured: 16 channels in, 32 into the digits' 10-class head
             assert (model.net.stem[0].weight.shape[0], tuple(model.net.heads.weight.shape)) == (16, (10, 32))
@@ -126,13 +132,13 @@ def test_report_recipes():
         assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.task.name == task
         assert cfg.model.head == "positions" and list(cfg.model.widths) == [36, 72, 144, 288]
     cfg = compose_cfg("train", ["task=task3"])
-    assert (cfg.data.task.width, cfg.data.task.height, cfg.model.length) == (96, 72, 4)
-    assert cfg.model.alphabet == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert (cfg.data.task.width, cfg.data.task.height, cfg.model.task.length) == (96, 72, 4)
+    assert cfg.model.task.alphabet == "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def test_the_default_is_the_quickstart_experiment_for_any_task():
     cfg = compose_cfg("train")
-    assert cfg.task.name == "task1" and cfg.model.alphabet == "0123456789"  # the default is task1: digits
+    assert cfg.task.name == "task1" and cfg.model.task.alphabet == "0123456789"  # the default is task1: digits
     assert (cfg.trainer.max_epochs, cfg.data.num_train, cfg.data.batch_size, cfg.model.low_res) == (2, 7000, 64, 0.5)
     assert cfg.scheduler._target_.endswith("one_cycle")
     cfg = compose_cfg("train", ["task=task3"])

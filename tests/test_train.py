@@ -31,17 +31,37 @@ def test_fast_dev_run_each_task(task, tmp_path, capsys):
 
 
 def test_training_checkpoints_and_round_trip(tmp_path, capsys):
-    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_epochs=2"] + TINY, tmp_path)
+    cfg = compose_cfg("train", TINY + ["trainer=cpu", "trainer.max_epochs=2"], tmp_path)  # after TINY's max_epochs=1
     score = train(cfg)
     out = capsys.readouterr().out
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and len(ckpts) == 2 and not any("=" in name for name in ckpts)
     best = next(p for p in (tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert f"best checkpoint: {best}" in out and "test/exact_match=" in out
-    assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()
     resolved = (tmp_path / "config.yaml").read_text()
     assert "name: task1" in resolved and "${" not in resolved
+    saved = OmegaConf.load(tmp_path / "config.yaml")  # the settings given, as the run used them
+    assert (saved.trainer.max_epochs, saved.trainer.accelerator, saved.data.num_train, saved.data.batch_size) == \
+        (2, "cpu", 256, 32)
+    assert list(saved.model.widths) == [16, 16, 32, 32] and saved.callbacks.model_checkpoint.dirpath == \
+        f"{tmp_path}/checkpoints"
     assert abs(score - float(best.stem.split("exact")[1])) < 1e-4
+
+    # metrics.csv: train, validation and test metrics, rates in [0, 1]; one validation per epoch,
+    # and the best checkpoint is the epoch that validated best
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert {f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "exact_match", "char_acc")} \
+        <= set(rows[0]) and {"epoch", "step"} <= set(rows[0])
+    rates = [float(r[k]) for r in rows for k in r if k.endswith(("/exact_match", "/char_acc")) and r[k]]
+    assert len(rates) >= 10 and all(0 <= v <= 1 for v in rates)
+    # task1 reads one character: a character read right is the label read right
+    assert all(r[f"{split}/char_acc"] == r[f"{split}/exact_match"] for r in rows for split in ("train", "val", "test"))
+    assert all(float(r[k]) > 0 for r in rows for k in r if k.endswith("/loss") and r[k])
+    val = {int(r["epoch"]): float(r["val/exact_match"]) for r in rows if r["val/exact_match"]}
+    assert sorted(val) == [0, 1] and score == pytest.approx(max(val.values()), abs=1e-4)
+    assert val[int(best.stem.split("epoch")[1][:3])] == max(val.values())
+    tested = [float(r["test/exact_match"]) for r in rows if r["test/exact_match"]]
+    assert len(tested) == 1 and f"test/exact_match={tested[0]:.4f}" in out
 
     # the checkpoint alone rebuilds the model (weights_only) and predicts exactly as it did
     ckpt = torch.load(best, weights_only=True)
@@ -53,6 +73,13 @@ def test_training_checkpoints_and_round_trip(tmp_path, capsys):
         assert torch.equal(module(images), reference(images))
     assert module.predict_step(images, 0) == reference.predict_step(images, 0)
     assert ckpt["hyper_parameters"]["widths"] == [16, 16, 32, 32]
+    task = preset("task1")
+    assert {k: ckpt["hyper_parameters"][k] for k in ("task", "length", "alphabet", "width", "height", "head")} == \
+        {"task": "task1", "length": task.length, "alphabet": task.alphabet, "width": task.width, "height": task.height,
+         "head": "positions"}
+    assert ckpt["epoch"] == int(best.stem.split("epoch")[1][:3])  # the epoch its name says
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 16)  # 256 images / 32 a batch, twice
 
 
 @pytest.mark.slow
@@ -71,9 +98,14 @@ def test_two_job_multirun(tmp_path):
            "trainer.max_steps=2", "test=false"] + TINY
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    for job in ("0", "1"):
-        assert (sweep / job / ".hydra" / "config.yaml").is_file()
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    for job, task in (("0", "task1"), ("1", "task2")):  # each job trained its own task, in its own folder
+        composed = OmegaConf.load(sweep / job / ".hydra" / "config.yaml")
+        assert composed.task.name == task and list(composed.model.widths) == [16, 16, 32, 32]
+        assert OmegaConf.load(sweep / job / "config.yaml").output_dir == str(sweep / job)
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
+        hp = ckpt["hyper_parameters"]
+        assert (hp["task"], hp["length"], hp["alphabet"]) == (task, preset(task).length, preset(task).alphabet)
+        assert ckpt["global_step"] == 2  # trainer.max_steps=2
     assert "task=task2" in (sweep / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
@@ -235,7 +267,8 @@ def test_packaged_readers_read_captchas_of_their_task(name):
     path = pretrained(name)
     task = preset(name)
     reader = CaptchaReader.from_checkpoint(path, device="cpu", precision="32")
-    assert (reader.task, reader.alphabet, reader.width, reader.height) == (name, task.alphabet, task.width, task.height)
+    assert (reader.spec.task, reader.spec.alphabet, reader.spec.width, reader.spec.height) == \
+        (name, task.alphabet, task.width, task.height)
     renderer = Renderer(task.width, task.height, task.length, task.alphabet, style="kaggle")
     images, labels = zip(*(renderer.render(sample_rng(1, "packaged", i)) for i in range(40)))
     assert sum(a == b for a, b in zip(reader.read(list(images)), labels)) >= 36
@@ -262,7 +295,7 @@ def test_init_from_starts_heads_of_another_alphabet_fresh(tmp_path, capsys):
     pretrained_module = CaptchaModule(**args, widths=[16, 16, 32, 32])
     path = tmp_path / "pre.ckpt"
     torch.save({"hyper_parameters": dict(pretrained_module.hparams), "state_dict": pretrained_module.state_dict()}, path)
-    run = CaptchaModule(**{**args, "alphabet": args["alphabet"][::-1]}, widths=[16, 16, 32, 32])
+    run = CaptchaModule(task={**args["task"], "alphabet": args["task"]["alphabet"][::-1]}, widths=[16, 16, 32, 32])
     start_from(run, path)
     assert "starting fresh: net.heads" in capsys.readouterr().out
     assert not torch.equal(run.net.heads.weight, pretrained_module.net.heads.weight)
@@ -301,23 +334,32 @@ def test_weights_export_is_an_fp16_start_for_init_from(tmp_path, capsys):
     assert torch.load(ckpt, weights_only=True)["epoch"] == 3
 
 
-def test_a_final_run_without_a_test_split_ends_with_its_metrics_and_last_checkpoint(tmp_path, capsys):
+def test_a_final_run_without_a_test_split_ends_with_its_metrics_and_last_checkpoint(tmp_path, capsys, caplog):
     # the README's submission command: every labelled image trains, nothing is left to test on
+    caplog.set_level(logging.INFO)
     data = make_folder(tmp_path / "data", {"task1": 48})
     cfg = compose_cfg("train", ["trainer=cpu", "data=folder", f"data.root={data}", "final=true",
                                 "data.test_fraction=0"] + TINY, tmp_path / "run")
-    train(cfg)
+    score = train(cfg)
     out = capsys.readouterr().out
     assert "final metrics: " in out and "train/loss=" in out and "test/" not in out
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "task1: 48 real + 0 rendered training images (48 an epoch), 0 validation, no separate test" in caplog.text
+    metrics = dict(item.split("=") for item in out.split("final metrics: ")[1].splitlines()[0].split(", "))
+    assert float(metrics["train/loss"]) > 0 and 0 <= float(metrics["train/exact_match"]) <= 1
+    assert "val/exact_match" not in metrics and score == 0.0  # nothing held out to score on
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (0, 2)  # one epoch of 48 images in batches of 32
+    assert (ckpt["hyper_parameters"]["task"], ckpt["hyper_parameters"]["widths"]) == ("task1", [16, 16, 32, 32])
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert (saved.final, saved.data.val_fraction, saved.data.test_fraction, saved.data.root) == (True, 0, 0, str(data))
 
 
 @pytest.mark.parametrize("head", ["positions", "ctc"])
 def test_validation_image_captions_read_as_the_model_does(head):
     from captcha_lit.callbacks import captions
 
-    module = CaptchaModule(task="t", length=3 if head == "positions" else [1, 3], alphabet="ab", width=32, height=16,
-                           head=head, widths=(16, 16, 16, 16), strides=(2, 2, [2, 1], [1, 1])).eval()
+    task = dict(name="t", length=3 if head == "positions" else [1, 3], alphabet="ab", width=32, height=16)
+    module = CaptchaModule(task=task, head=head, widths=(16, 16, 16, 16), strides=(2, 2, [2, 1], [1, 1])).eval()
     images = torch.randint(0, 256, (8, 3, 16, 32), dtype=torch.uint8)
     targets = torch.tensor([[0, 1, -1]] * 8)
     assert [read for read, _ in captions(module, images, targets)] == module.predict_step(images, 0)
