@@ -1,4 +1,4 @@
-"""Images/s delivered by each data source of captcha_lit.datasets, against what training consumes.
+"""Images/s delivered by each data source of captcha_lit.data.datasets, against what training consumes.
 
     python bench/data_throughput.py [--rounds 5] [--batch 64] [--batches 10] [--files 2000]
                                     [--style imagecaptcha|kaggle] [--device cpu|cuda]
@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from captcha_lit.datasets import ArrayDataset, FolderDataset, RenderedDataset, cached, collate
-from captcha_lit.folders import read_labelled
+from captcha_lit.data.datasets import ArrayDataset, FolderDataset, RenderedDataset, cached, collate
+from captcha_lit.data.folders import read_labelled
 from captcha_lit.hardware import training_precision
-from captcha_lit.module import CaptchaModule
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.tasks import preset
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)

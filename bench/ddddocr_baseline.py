@@ -12,7 +12,7 @@ import time
 
 import ddddocr
 
-from captcha_lit.folders import labelled_items
+from captcha_lit.data.folders import labelled_items
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("dirs", nargs="+")

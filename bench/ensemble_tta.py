@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from captcha_lit.datasets import split
-from captcha_lit.folders import read_labelled
-from captcha_lit.images import load_image
-from captcha_lit.predict import run_checkpoint
-from captcha_lit.reader import CaptchaReader
-from captcha_lit.report import wilson
-from captcha_lit.tasks import from_config
+from captcha_lit.data.datasets import split
+from captcha_lit.data.folders import read_labelled
+from captcha_lit.data.images import load_image
+from captcha_lit.commands.predict import run_checkpoint
+from captcha_lit.reading.reader import CaptchaReader
+from captcha_lit.reading.report import wilson
+from captcha_lit.data.tasks import from_config
 
 parser = argparse.ArgumentParser()
 parser.add_argument("runs", nargs=2, type=Path)

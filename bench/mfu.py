@@ -17,8 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from captcha_lit.hardware import training_precision
-from captcha_lit.module import CaptchaModule
-from captcha_lit.tasks import preset
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.data.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)

@@ -41,14 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captcha_lit.checkpoint import load_module, read_checkpoint
-from captcha_lit.export import export_onnx, int8_from_folder
-from captcha_lit.folders import read_labelled
+from captcha_lit.model.checkpoint import load_module, read_checkpoint
+from captcha_lit.reading.export import export_onnx, int8_from_folder
+from captcha_lit.data.folders import read_labelled
 from captcha_lit import hardware
-from captcha_lit.spec import ModelSpec
-from captcha_lit.images import load_image
-from captcha_lit.reader import CaptchaReader
-from captcha_lit.tasks import preset
+from captcha_lit.model.spec import ModelSpec
+from captcha_lit.data.images import load_image
+from captcha_lit.reading.reader import CaptchaReader
+from captcha_lit.data.tasks import preset
 
 MIX = {"task1": 6500, "task2": 2500, "task3": 1000}  # the competition's test set
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def listed(paths) -> str:
 def for_old_tree(tree: Path) -> list[Path]:
     """Copies of the checkpoints that an older revision can load: only the hyperparameters its
     CaptchaModule takes (those added since, such as low_res, only matter to training)."""
-    code = ("import inspect, json; from captcha_lit.module import CaptchaModule; "
+    code = ("import inspect, json; from captcha_lit.model.module import CaptchaModule; "
             "print(json.dumps(list(inspect.signature(CaptchaModule).parameters)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                          check=True, capture_output=True, text=True).stdout

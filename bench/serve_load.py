@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 from captcha_lit import CaptchaReader
-from captcha_lit.packaged import model_path
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.spec import ModelSpec
-from captcha_lit.checkpoint import read_checkpoint
+from captcha_lit.model.packaged import model_path
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.model.spec import ModelSpec
+from captcha_lit.model.checkpoint import read_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--ckpt", default="pretrained:task1")
@@ -47,7 +47,7 @@ spec = ModelSpec.read(read_checkpoint(model_path(args.ckpt))[0], args.ckpt)
 renderer = Renderer(spec.width, spec.height, spec.length, spec.alphabet)
 arrays = [renderer.render(sample_rng(0, "serve", i))[0] for i in range(args.images)]
 if not args.no_int8:  # what training leaves beside every checkpoint: its int8 copy, read where the CPU has VNNI
-    from captcha_lit.export import export_int8
+    from captcha_lit.reading.export import export_int8
     copy = Path(tempfile.mkdtemp()) / "model.ckpt"
     shutil.copyfile(model_path(args.ckpt), copy)
     calibration = np.stack([renderer.render(sample_rng(1, "calibrate", i))[0] for i in range(256)])
@@ -69,7 +69,7 @@ in_process = statistics.median(rates)
 print(f"in-process CaptchaReader.read, batch 64 ({reader.precision}): {in_process:.0f} images/s")
 del reader
 
-proc = subprocess.Popen([sys.executable, "-c", "from captcha_lit.cli import serve; serve()", f"ckpt={args.ckpt}",
+proc = subprocess.Popen([sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", f"ckpt={args.ckpt}",
                          "port=0", f"queue_size={max(256, 4 * args.clients)}"], stdout=subprocess.PIPE, text=True)
 line = ""
 while "serving" not in line:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from captcha_lit.report import wilson
+from captcha_lit.reading.report import wilson
 
 # the kaggle recipes of revision 4313065, every setting pinned: from scratch (init_from=null), not
 # from the packaged readers the recipes start from now
@@ -49,9 +49,9 @@ def child(args):
     import torch
     from hydra import compose, initialize_config_dir
 
-    from captcha_lit.module import compared
-    from captcha_lit.tasks import CONF_DIR
-    from captcha_lit.train import train
+    from captcha_lit.model.module import compared
+    from captcha_lit.data.tasks import CONF_DIR
+    from captcha_lit.commands.train import train
 
     class Reach(pl.Callback):
         def __init__(self):

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from captcha_lit.datasets import ArrayDataset
+from captcha_lit.data.datasets import ArrayDataset
 from captcha_lit.hardware import training_precision
-from captcha_lit.module import CaptchaModule
-from captcha_lit.net import ResNet
-from captcha_lit.tasks import preset
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.model.net import ResNet
+from captcha_lit.data.tasks import preset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rounds", type=int, default=5)

@@ -4,6 +4,6 @@
     reader = CaptchaReader.from_checkpoint("outputs/.../checkpoints/last.ckpt")
     reader.read(["task1/abc.png", pil_image])  # -> ["7", "3"]
 """
-from .reader import CaptchaReader
+from .reading.reader import CaptchaReader
 
 __all__ = ["CaptchaReader"]

@@ -5,8 +5,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.tasks import CONF_DIR, preset
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.tasks import CONF_DIR, preset
 
 CONF = str(CONF_DIR)
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from captcha_lit.alphabet import ALPHANUMERIC, DIGITS, PAD, ctc_keep, decode, encode
-from captcha_lit.module import compared, greedy_decode
-from captcha_lit.reader import decode_logits
+from captcha_lit.data.alphabet import ALPHANUMERIC, DIGITS, PAD, ctc_keep, decode, encode
+from captcha_lit.model.module import compared, greedy_decode
+from captcha_lit.reading.reader import decode_logits
 
 
 def test_encode_decode_round_trip():

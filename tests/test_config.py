@@ -11,10 +11,10 @@ from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from captcha_lit.datamodule import CaptchaDataModule
+from captcha_lit.data.datamodule import CaptchaDataModule
 from captcha_lit.errors import CaptchaError
-from captcha_lit.module import CaptchaModule
-from captcha_lit.tasks import preset
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.data.tasks import preset
 
 from tests.helpers import CONF, TINY, compose_cfg, make_folder, module_args
 
@@ -154,7 +154,7 @@ def test_checkpoint_names_have_no_equals_sign():
 
 @pytest.mark.parametrize("name", ["kaggle_task1", "kaggle_task2", "kaggle_task3"])
 def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path, capsys, caplog):
-    from captcha_lit.train import train
+    from captcha_lit.commands.train import train
     root = make_folder(tmp_path / "d", {"task1": 20, "task2": 20, "task3": 20})
     # init_from=null: the packaged reader (test_train.py) does not fit TINY's widths
     cfg = compose_cfg("train", [f"experiment={name}", f"data.root={root}", "trainer=cpu", "trainer.fast_dev_run=true",
@@ -183,7 +183,7 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path, capsys, cap
 
 
 def test_finetune_needs_a_checkpoint_and_starts_from_all_of_it(tmp_path, capsys):
-    from captcha_lit.train import train
+    from captcha_lit.commands.train import train
     root = make_folder(tmp_path / "d", {"task2": 20})
     base = ["experiment=finetune", "task=task2", f"data.root={root}", "trainer=cpu"]
     cfg = compose_cfg("train", base)

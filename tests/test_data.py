@@ -8,12 +8,12 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from captcha_lit.datamodule import CaptchaDataModule
-from captcha_lit.datasets import split
+from captcha_lit.data.datamodule import CaptchaDataModule
+from captcha_lit.data.datasets import split
 from captcha_lit.errors import CaptchaError
-from captcha_lit.folders import read_labelled
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.tasks import Task, preset
+from captcha_lit.data.folders import read_labelled
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.tasks import Task, preset
 
 from tests.helpers import compose_cfg, make_folder, make_named_folder, write_csv
 
@@ -100,7 +100,7 @@ def test_competition_layout_needs_a_competition_task(tmp_path):
 
 
 def test_generate_writes_competition_layout_that_loads_back(tmp_path):
-    from captcha_lit.generate import generate
+    from captcha_lit.commands.generate import generate
     out = tmp_path / "gen"
     cfg = compose_cfg("generate", [f"out={out}", "num.task1=12", "num.task2=0", "num.task3=10", "num_workers=1"])
     generate(cfg)

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from captcha_lit import CaptchaReader
-from captcha_lit.predict import predict
-from captcha_lit.train import train
+from captcha_lit.commands.predict import predict
+from captcha_lit.commands.train import train
 
 from tests.helpers import CONF, ROOT, TINY, compose_cfg, make_folder
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from captcha_lit.errors import CaptchaError
-from captcha_lit.module import CaptchaModule
-from captcha_lit.reader import CaptchaReader, restriction
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.styles import font_pool
-from captcha_lit.train import ctc_rows, start_from
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.reading.reader import CaptchaReader, restriction
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.styles import font_pool
+from captcha_lit.model.warm_start import ctc_rows, start_from
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TINY_CTC = dict(head="ctc", widths=[16, 16, 32, 32], strides=[2, 2, 2, [2, 1]])

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from captcha_lit.errors import CaptchaError
-from captcha_lit.module import CaptchaModule
-from captcha_lit.net import ResNet
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.model.net import ResNet
 
 
 def test_report_parameter_count():

@@ -15,10 +15,10 @@ from PIL import Image
 
 from captcha_lit import CaptchaReader
 from captcha_lit.errors import CaptchaError
-from captcha_lit.export import export_ddddocr, export_int8, export_onnx, int8_from_folder
-from captcha_lit.predict import predict
-from captcha_lit.reader import near_ties, shifted
-from captcha_lit.train import train
+from captcha_lit.reading.export import export_ddddocr, export_int8, export_onnx, int8_from_folder
+from captcha_lit.commands.predict import predict
+from captcha_lit.reading.reader import near_ties, shifted
+from captcha_lit.commands.train import train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, write_csv
 
@@ -395,8 +395,8 @@ def test_training_writes_an_int8_copy_that_predict_reads_with_where_it_pays(tmp_
     assert f"int8 copy: {copy} reads as fp32 on {same} of 64 validation images" in printed
     assert best.with_suffix(".int8.fp32.onnx").is_file()  # the fp32 original, for the copy's near ties
     data = make_folder(tmp_path / "d", {"task1": 20})
-    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
-    monkeypatch.setattr("captcha_lit.int8.AGREEMENT", same / 64)  # this tiny model's own agreement passes
+    monkeypatch.setattr("captcha_lit.reading.int8.cpu_has_vnni", lambda: True)
+    monkeypatch.setattr("captcha_lit.reading.int8.AGREEMENT", same / 64)  # this tiny model's own agreement passes
     direct, _ = read_with(tmp_path, copy, data, capsys)
     rows, said = read_with(tmp_path, best, data, capsys)
     again = contract["agreement"]["read_again"]
@@ -404,7 +404,7 @@ def test_training_writes_an_int8_copy_that_predict_reads_with_where_it_pays(tmp_
                                        f"images" + (f"; {again} near ties read again in fp32)" if again else ")"))
     _, said = read_with(tmp_path, best, data, capsys, precision=32)  # the flag that forces fp32
     assert said == "task1: fp32 on cpu"
-    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: False)
+    monkeypatch.setattr("captcha_lit.reading.int8.cpu_has_vnni", lambda: False)
     _, said = read_with(tmp_path, best, data, capsys)
     assert re.fullmatch(r"task1: (bf16|fp32) on cpu; int8 copy not used: .*: this CPU has no VNNI, where int8 does not pay", said)
     assert read_with(tmp_path, best, data, capsys, precision="int8")[0] == direct  # forced, whatever the CPU
@@ -417,7 +417,7 @@ def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoin
     for suffix in (".int8.onnx", ".int8.onnx.json", ".int8.fp32.onnx"):
         shutil.copy(best.with_suffix(suffix), tmp_path / f"m{suffix}")
     data = make_folder(tmp_path / "d", {"task1": 10})
-    monkeypatch.setattr("captcha_lit.int8.cpu_has_vnni", lambda: True)
+    monkeypatch.setattr("captcha_lit.reading.int8.cpu_has_vnni", lambda: True)
     contract_path = tmp_path / "m.int8.onnx.json"
     contract = json.loads(contract_path.read_text())
     contract["agreement"] = {"images": 1000, "same_string": 998}  # 99.8 %: one image too many read otherwise
@@ -447,7 +447,7 @@ def test_an_int8_copy_is_not_used_when_unfaithful_or_made_from_another_checkpoin
 def test_a_failed_int8_copy_costs_the_copy_not_the_run(tmp_path, monkeypatch, caplog):
     def broken(*args):
         raise RuntimeError("quantiser exploded")
-    monkeypatch.setattr("captcha_lit.export.export_int8", broken)
+    monkeypatch.setattr("captcha_lit.reading.export.export_int8", broken)
     score = train(compose_cfg("train", ["task=task1", "trainer=cpu", "test=false"] + TINY + ["int8=true"], tmp_path))
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert 0 <= score <= 1 and not best.with_suffix(".int8.onnx").exists()

@@ -18,19 +18,20 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import captcha_lit.train
-from captcha_lit.checkpoint import load_module
-from captcha_lit.datamodule import CaptchaDataModule
-from captcha_lit.datasets import split
+import captcha_lit.commands.train
+from captcha_lit.model.checkpoint import load_module
+from captcha_lit.data.datamodule import CaptchaDataModule
+from captcha_lit.data.datasets import split
 from captcha_lit.errors import CaptchaError
 from captcha_lit.files import atomic_write_text
-from captcha_lit.folders import read_labelled
-from captcha_lit.generate import generate
-from captcha_lit.images import load_image
-from captcha_lit.module import CaptchaModule
-from captcha_lit.predict import predict
-from captcha_lit.tasks import preset
-from captcha_lit.train import AtomicCheckpointIO, build, resume_config, train
+from captcha_lit.data.folders import read_labelled
+from captcha_lit.commands.generate import generate
+from captcha_lit.data.images import load_image
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.commands.predict import predict
+from captcha_lit.data.tasks import preset
+from captcha_lit.commands.resume import resume_config
+from captcha_lit.commands.train import AtomicCheckpointIO, build, train
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, module_args
 
@@ -231,7 +232,7 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")
-    monkeypatch.setattr(captcha_lit.train, "build", no_work)
+    monkeypatch.setattr(captcha_lit.commands.train, "build", no_work)
     cfg = compose_cfg("train", TINY + overrides, tmp_path / "run")
     with pytest.raises(CaptchaError, match=message):
         train(cfg)
@@ -239,7 +240,7 @@ def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, 
 
 
 def test_errors_from_instantiated_objects_are_not_wrapped_by_hydra():
-    node = OmegaConf.create({"_target_": "captcha_lit.datamodule.CaptchaDataModule", "task": preset("task1").config(),
+    node = OmegaConf.create({"_target_": "captcha_lit.data.datamodule.CaptchaDataModule", "task": preset("task1").config(),
                              "batch_size": 0})
     with pytest.raises(CaptchaError, match="data.batch_size=0: must be at least 1"):
         build(node)
@@ -458,7 +459,7 @@ def test_prediction_output_that_is_an_input_is_refused_before_any_work(tmp_path)
 
 
 def test_export_onto_its_own_checkpoint_is_refused(tmp_path):
-    from captcha_lit.export import export_ddddocr, export_onnx
+    from captcha_lit.reading.export import export_ddddocr, export_onnx
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     before = (tmp_path / "m.ckpt").read_bytes()
     with pytest.raises(CaptchaError, match="that is the checkpoint being exported"):
@@ -478,8 +479,8 @@ def test_continuing_from_a_checkpoint_of_another_task_is_refused_before_any_work
 
 
 def test_the_onnx_and_ddddocr_exports_never_replace_each_other(tmp_path, capsys):
-    from captcha_lit.export import export_ddddocr, export_onnx
-    from captcha_lit.cli import export as export_main
+    from captcha_lit.reading.export import export_ddddocr, export_onnx
+    from captcha_lit.commands.cli import export as export_main
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     export_main([str(tmp_path / "m.ckpt"), "--format", "ddddocr"])  # by default beside the ONNX export's m.onnx
     assert {p.name for p in tmp_path.iterdir()} == {"m.ckpt", "m.ddddocr.onnx", "m.ddddocr.charsets.json"}
@@ -588,7 +589,7 @@ def test_resume_from_a_truncated_last_checkpoint_is_one_line(tmp_path):
 # ---------------------------------------------------------------- broken exports and caches
 def test_broken_onnx_files_and_contracts_are_one_line(tmp_path):
     from captcha_lit import CaptchaReader
-    from captcha_lit.export import export_onnx
+    from captcha_lit.reading.export import export_onnx
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     onnx = export_onnx(tmp_path / "m.ckpt", tmp_path / "m.onnx")
     contract = tmp_path / "m.onnx.json"
@@ -676,7 +677,7 @@ def test_one_ctrl_c_or_sigterm_ends_prediction_with_one_line(tmp_path, sig, expe
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_one_ctrl_c_or_sigterm_ends_generate_and_takes_back_its_images(tmp_path, sig, code, name):
-    cmd = [sys.executable, "-c", "from captcha_lit.cli import generate; generate()", f"out={tmp_path / 'g'}",
+    cmd = [sys.executable, "-c", "from captcha_lit.commands.cli import generate; generate()", f"out={tmp_path / 'g'}",
            "num.task1=20000", "num.task2=0", "num.task3=0", "num_workers=2"]
     got, stderr, seconds = interrupt_when(cmd, tmp_path, "writing", sig=sig)
     assert got == code and seconds < 15, stderr[-2000:]
@@ -701,8 +702,8 @@ def test_one_ctrl_c_or_sigterm_ends_training_with_one_line_and_resumable_checkpo
 # ---------------------------------------------------------------- only regular files are read
 def test_named_pipes_where_images_are_expected_are_refused_not_waited_on(tmp_path):
     """A named pipe blocks whoever opens it until a writer comes: reading one would hang forever."""
-    from captcha_lit.cli import export as export_main
-    from captcha_lit.folders import read_csv_rows
+    from captcha_lit.commands.cli import export as export_main
+    from captcha_lit.data.folders import read_csv_rows
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     plain = make_folder(tmp_path / "plain", {"task1": 2})
     (plain / "annotations.csv").unlink()
@@ -727,7 +728,7 @@ def test_named_pipes_where_images_are_expected_are_refused_not_waited_on(tmp_pat
 
 
 def test_an_int8_export_never_lands_on_an_image_it_reads(tmp_path, capsys):
-    from captcha_lit.cli import export as export_main
+    from captcha_lit.commands.cli import export as export_main
     save_tiny_checkpoint(tmp_path / "m.ckpt")
     data = make_folder(tmp_path / "d", {"task1": 4})
     image = data / "task1" / "00001.png"

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from captcha_lit import CaptchaReader
-from captcha_lit.module import CaptchaModule
+from captcha_lit.model.module import CaptchaModule
 
 from .helpers import make_folder, module_args
 
@@ -36,7 +36,7 @@ def server(tmp_path_factory):
         ckpts[name] = tmp / f"{name}.ckpt"
         torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpts[name])
     data = make_folder(tmp / "d", {"task3": 12})
-    cmd = [sys.executable, "-c", "from captcha_lit.cli import serve; serve()", f"ckpt=[{ckpts['task3']},{ckpts['task1']}]",
+    cmd = [sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", f"ckpt=[{ckpts['task3']},{ckpts['task1']}]",
            "port=0", "precision=32", "max_images=8", "body_timeout_s=1", "max_body_mb=1", "max_pixels=1000000"]
     proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = ""

@@ -2,9 +2,9 @@ from collections import Counter
 
 import pytest
 
-from captcha_lit.alphabet import ALPHANUMERIC, DIGITS
+from captcha_lit.data.alphabet import ALPHANUMERIC, DIGITS
 from captcha_lit.errors import CaptchaError
-from captcha_lit.tasks import Task, infer_task, preset
+from captcha_lit.data.tasks import Task, infer_task, preset
 
 
 def test_presets_are_the_competitions_tasks():

@@ -8,14 +8,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from captcha_lit.checkpoint import load_module, pretrained
+from captcha_lit.model.checkpoint import load_module
+from captcha_lit.model.packaged import pretrained
 from captcha_lit.errors import CaptchaError
-from captcha_lit.cli import export as export_main
-from captcha_lit.module import CaptchaModule
-from captcha_lit.reader import CaptchaReader
-from captcha_lit.render import Renderer, sample_rng
-from captcha_lit.tasks import preset
-from captcha_lit.train import start_from, train
+from captcha_lit.commands.cli import export as export_main
+from captcha_lit.model.module import CaptchaModule
+from captcha_lit.reading.reader import CaptchaReader
+from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.tasks import preset
+from captcha_lit.commands.train import train
+from captcha_lit.model.warm_start import start_from
 
 from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, module_args
 
@@ -356,7 +358,7 @@ def test_a_final_run_without_a_test_split_ends_with_its_metrics_and_last_checkpo
 
 @pytest.mark.parametrize("head", ["positions", "ctc"])
 def test_validation_image_captions_read_as_the_model_does(head):
-    from captcha_lit.callbacks import captions
+    from captcha_lit.model.callbacks import captions
 
     task = dict(name="t", length=3 if head == "positions" else [1, 3], alphabet="ab", width=32, height=16)
     module = CaptchaModule(task=task, head=head, widths=(16, 16, 16, 16), strides=(2, 2, [2, 1], [1, 1])).eval()

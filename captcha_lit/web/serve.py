@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CaptchaError
-from ..images import FORMATS, to_rgb
+from ..data.images import FORMATS, to_rgb
 
 
 @dataclass(frozen=True)

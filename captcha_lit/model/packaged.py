@@ -3,12 +3,12 @@ Needs neither PyTorch nor onnxruntime."""
 import re
 from pathlib import Path
 
-from .errors import CaptchaError
+from ..errors import CaptchaError
 
 # readers pretrained on rendered images only, shipped in fp16: taskN (the competition's style,
 # conf/experiment/pretrain.yaml; init_from=pretrained starts a kaggle recipe from its task's) and
 # general (many styles, conf/experiment/pretrain_general.yaml)
-PRETRAINED = Path(__file__).parent / "pretrained"
+PRETRAINED = Path(__file__).parents[1] / "pretrained"
 
 
 def pretrained(name: str) -> Path:

@@ -2,8 +2,8 @@
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CaptchaError
-from .files import regular_file
+from ..errors import CaptchaError
+from ..files import regular_file
 
 # the raster formats captchas come in; anything else Pillow could open is refused
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

@@ -5,8 +5,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .alphabet import ALPHANUMERIC
-from .images import load_image
+from ..data.alphabet import ALPHANUMERIC
+from ..data.images import load_image
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

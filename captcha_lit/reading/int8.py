@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CaptchaError
-from .hardware import cpu_has_vnni
+from ..errors import CaptchaError
+from ..hardware import cpu_has_vnni
 
 # the share of checked images an int8 copy must read as fp32 does; below 1,000 checked images
 # that is every one of them

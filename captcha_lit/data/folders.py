@@ -12,8 +12,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .errors import CaptchaError
-from .files import regular_file
+from ..errors import CaptchaError
+from ..files import regular_file
 from .images import IMAGE_SUFFIXES
 from .tasks import Task
 

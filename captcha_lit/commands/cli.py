@@ -10,8 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .errors import CaptchaError, Terminated
-from .tasks import CONF_DIR
+from ..errors import CaptchaError, Terminated
+from ..data.tasks import CONF_DIR
 
 CONF = str(CONF_DIR)
 
@@ -59,9 +59,9 @@ def predict(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONF, config_name="serve", version_base="1.3")
 def serve(cfg: DictConfig) -> None:
     def run():
-        from .packaged import PRETRAINED
+        from ..model.packaged import PRETRAINED
         from .predict import load_readers
-        from .web.serve import Limits, serve
+        from ..web.serve import Limits, serve
 
         ckpts = cfg.ckpt if cfg.ckpt is not None else [f"pretrained:{p.stem}" for p in sorted(PRETRAINED.glob("*.ckpt"))]
         ckpts = [ckpts] if isinstance(ckpts, str) else list(ckpts)
@@ -85,7 +85,7 @@ def generate(cfg: DictConfig) -> None:
 
 def export(argv=None):
     """captcha-export: argparse, as it takes files rather than settings."""
-    from .export import export_ddddocr, export_onnx, export_weights, int8_from_folder
+    from ..reading.export import export_ddddocr, export_onnx, export_weights, int8_from_folder
 
     parser = argparse.ArgumentParser(prog="captcha-export", description="Export a captcha-lit checkpoint: ONNX, its int8 copy, ddddocr, or fp16 weights")
     parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")

@@ -14,10 +14,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .alphabet import encode
-from .errors import CaptchaError
-from .files import atomic_path
+from ..errors import CaptchaError
+from ..files import atomic_path
 from .images import load_image
-from .parallel import ordered_map
+from ..parallel import ordered_map
 from .render import Renderer, sample_rng
 
 

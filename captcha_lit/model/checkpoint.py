@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CaptchaError
-from .files import regular_file
-from .packaged import PRETRAINED, model_path, pretrained  # noqa: F401 (where callers find them)
+from ..errors import CaptchaError
+from ..files import regular_file
 from .net import ResNet, fold_batchnorm, normalise
 from .spec import ModelSpec
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from .errors import CaptchaError
-from .files import atomic_path, atomic_write_text
-from .folders import COMPETITION_TASKS, inside, read_csv_rows
-from .images import IMAGE_SUFFIXES
-from .packaged import model_path
-from .reader import CaptchaReader
-from .report import accuracy, confusion_picture, mistakes_picture
+from ..errors import CaptchaError
+from ..files import atomic_path, atomic_write_text
+from ..data.folders import COMPETITION_TASKS, inside, read_csv_rows
+from ..data.images import IMAGE_SUFFIXES
+from ..model.packaged import model_path
+from ..reading.reader import CaptchaReader
+from ..reading.report import accuracy, confusion_picture, mistakes_picture
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def written_files(output: Path, labelled: bool, tasks) -> list[Path]:
 
 def model_files(path: Path) -> list[Path]:
     """A model file and the files read with it (contracts, int8 copies and their fp32 originals)."""
-    from .int8 import copy_path, original_path
+    from ..reading.int8 import copy_path, original_path
     copy = copy_path(path)
     return [path, Path(f"{path}.json"), copy, Path(f"{copy}.json"), original_path(copy)]
 

@@ -4,8 +4,8 @@ where it is written and read back, checked, in one place. Needs neither PyTorch 
 import math
 from dataclasses import asdict, dataclass
 
-from .errors import CaptchaError
-from .tasks import Task
+from ..errors import CaptchaError
+from ..data.tasks import Task
 
 HEADS = ("positions", "ctc")
 # maps [0, 1] pixels to [-1, 1]: the default of every model trained here

@@ -10,12 +10,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .alphabet import ctc_keep, decode
-from .errors import CaptchaError
-from .files import regular_file
-from .images import load_image, to_rgb
-from .parallel import ordered_map
-from .spec import ModelSpec
+from ..data.alphabet import ctc_keep, decode
+from ..errors import CaptchaError
+from ..files import regular_file
+from ..data.images import load_image, to_rgb
+from ..parallel import ordered_map
+from ..model.spec import ModelSpec
 
 
 def _to_array(image, width: int, height: int) -> np.ndarray:
@@ -183,7 +183,7 @@ class CaptchaReader:
         precision=32 forces fp32, int8 the int8 copy."""
         from .int8 import find, gpu_possible
 
-        from .packaged import model_path
+        from ..model.packaged import model_path
 
         path = model_path(path)  # pretrained:general and the like
         precision, why = str(precision), None  # Hydra passes precision=32 as a number
@@ -202,8 +202,8 @@ class CaptchaReader:
             raise CaptchaError(f"precision=int8 runs on the CPU (onnxruntime): use device=cpu, not device={device}")
         import torch
 
-        from .checkpoint import load_network
-        from .hardware import cpu_precision_reason, inference_dtype, pick_device
+        from ..model.checkpoint import load_network
+        from ..hardware import cpu_precision_reason, inference_dtype, pick_device
 
         spec, net = load_network(path)
         dev = pick_device(device)

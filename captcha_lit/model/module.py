@@ -6,8 +6,8 @@ import copy
 
 from torchmetrics import MeanMetric, MetricCollection
 
-from .alphabet import PAD, ctc_keep, decode
-from .errors import CaptchaError
+from ..data.alphabet import PAD, ctc_keep, decode
+from ..errors import CaptchaError
 from .net import ResNet, normalise
 from .spec import MEAN, STD, ModelSpec
 

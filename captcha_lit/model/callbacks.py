@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
-from .alphabet import decode
+from ..data.alphabet import decode
 from .module import greedy_decode
 
 

@@ -14,7 +14,7 @@ from captcha import image as captcha_image
 from captcha.image import ImageCaptcha
 from PIL.ImageDraw import Draw
 
-from .errors import CaptchaError
+from ..errors import CaptchaError
 from .tasks import length_range
 
 _swap_lock = threading.Lock()  # the swap is module-wide: one render at a time per process

@@ -15,6 +15,7 @@ with the blank at class 0. A CTC model is exported as it is; a per-position mode
 step between its positions (2N - 1 steps), so that "f99f" is not merged into "f9f".
 """
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,14 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_network, read_checkpoint
-from .spec import ModelSpec
-from .errors import CaptchaError
-from .files import atomic_path, atomic_write_text
-from .images import IMAGE_SUFFIXES, load_image
-from .int8 import again, copy_path, digest, original_path
+from ..model.checkpoint import load_network, read_checkpoint
+from ..model.spec import ModelSpec
+from ..errors import CaptchaError
+from ..files import atomic_path, atomic_write_text
+from ..data.datasets import ArrayDataset
+from ..data.images import IMAGE_SUFFIXES, load_image
+from .int8 import AGREEMENT, again, copy_path, digest, original_path
 from .reader import decode_logits, near_ties, run_onnx
 
+log = logging.getLogger(__name__)
 LARGE = 1e4  # a logit no softmax step can compete with
 
 
@@ -249,3 +252,43 @@ def int8_from_folder(ckpt, folder, output=None) -> str:
     calibration, check = folder_images(folder, spec.task, spec.width, spec.height)
     path, same, re_read = export_int8(ckpt, calibration, check, output, folder)
     return f"{path}: reads as fp32 on {same} of {len(check)} images of {folder}{again(re_read)}"
+
+
+def _images(ds, idx) -> np.ndarray:
+    """Images `idx` of a dataset as (N, H, W, 3) uint8."""
+    if isinstance(ds, ArrayDataset):
+        return np.asarray(ds.images[np.sort(idx)])
+    return np.stack([np.asarray(ds[i][0]) for i in idx])  # files or renderings, decoded one by one
+
+
+def spread(n: int, count: int) -> np.ndarray:
+    """Up to `count` indices spread evenly over range(n)."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).astype(int))
+
+
+def write_int8_copy(ckpt: Path, datamodule) -> None:
+    """The checkpoint's int8 copy (int8.py), calibrated on up to 256 training images (the real ones
+    where the run has any: what it will read) and checked against fp32 on up to 1,024 validation
+    images (test images without a validation split, other training images without either). A
+    failure costs the copy, not the run."""
+    train_set = datamodule.train_set
+    real = datamodule.real_train_size or len(train_set)  # real images come first in a mixed set
+    held_out, what = next(((ds, name) for ds, name in ((datamodule.val_set, "validation"), (datamodule.test_set, "test"))
+                           if ds is not None), (None, "training"))
+    if held_out is not None:
+        calibration, check = spread(real, 256), spread(len(held_out), 1024)
+    else:
+        both = spread(real, 1280)
+        calibration, held_out = both[::5], train_set
+        check = np.setdiff1d(both, calibration)
+    if len(check) == 0:
+        print(f"int8 copy: not written: no images to check it on; make one with: captcha-export {ckpt} --int8 IMAGES")
+        return
+    try:
+        path, same, read_again = export_int8(ckpt, _images(train_set, calibration), _images(held_out, check))
+    except Exception as e:  # the run's result stands without its copy
+        log.warning(f"int8 copy not written ({type(e).__name__}: {e}); make one with: captcha-export {ckpt} --int8 IMAGES")
+        return
+    used = ("predict.py reads with it on CPUs with VNNI" if same >= AGREEMENT * len(check) else
+            f"under {AGREEMENT:.1%}, so predict.py reads the checkpoint (precision=int8 forces the copy)")
+    print(f"int8 copy: {path} reads as fp32 on {same} of {len(check)} {what} images{again(read_again)}: {used}")

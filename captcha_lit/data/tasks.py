@@ -12,10 +12,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .alphabet import check_alphabet
-from .errors import CaptchaError
+from ..errors import CaptchaError
 
 def _conf_dir() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package
     for candidate in (here / "conf", here.parent / "conf"):  # an installed wheel; a source checkout
         if (candidate / "train.yaml").is_file():
             return candidate

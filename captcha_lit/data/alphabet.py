@@ -3,7 +3,6 @@
 Per-position heads: one class per character, `alphabet.index(c)`. CTC heads: class 0 is the
 blank and character i is class i + 1; a step sequence decodes by merging repeats and dropping
 blanks, so "f99f" needs a blank between the two 9s."""
-import numpy as np
 
 DIGITS = "0123456789"
 ALPHANUMERIC = DIGITS + "abcdefghijklmnopqrstuvwxyz"

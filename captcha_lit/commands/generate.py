@@ -10,11 +10,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import CaptchaError
-from .files import atomic_path, atomic_write_text
-from .images import IMAGE_SUFFIXES
-from .parallel import ordered_map
-from .render import Renderer, sample_rng
+from ..errors import CaptchaError
+from ..files import atomic_path, atomic_write_text
+from ..data.images import IMAGE_SUFFIXES
+from ..parallel import ordered_map
+from ..data.render import Renderer, sample_rng
 
 
 def _write_one(job):

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from .datasets import ArrayDataset, FolderDataset, RenderedDataset, cached, collate, concat, materialize, split
-from .errors import CaptchaError
+from ..errors import CaptchaError
 from .folders import read_labelled
 from .images import image_size
 from .render import Renderer

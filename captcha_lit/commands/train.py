@@ -1,0 +1,197 @@
+"""The training entry: config in, fitted model, checkpoints and metrics out."""
+import logging
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from ..data.folders import labelled_items
+from ..data.images import image_size
+from ..data.tasks import from_config, infer_task
+from ..errors import CaptchaError, Terminated
+from ..files import atomic_path, atomic_write_text
+from ..hardware import training_precision
+from ..model.checkpoint import read_checkpoint
+from ..model.packaged import model_path, pretrained
+from ..model.warm_start import start_from
+from ..reading.export import write_int8_copy
+from .resume import resume_config
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but through a temporary file and a rename: a run killed
+    while saving keeps its previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def resolve_task(cfg: DictConfig) -> None:
+    """task=auto: fills the task's unset values from the labelled images in data.root, says so in
+    one line, and writes them into the config (so the run's config.yaml and the checkpoint hold
+    them)."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise CaptchaError("data=folder and data=mixed read a labelled folder: add data.root=PATH")
+    if cfg.task.name != "auto":
+        return
+    root = cfg.data.get("root")
+    if not root:
+        raise CaptchaError("task=auto infers the task from labelled images: add data=folder (or data=mixed) "
+                           "data.root=DIR")
+    items, layout = labelled_items(root)
+    sizes = Counter(image_size(path) for path, _, _ in items)
+    given = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+    name = re.sub(r"[^\w.-]", "_", Path(root).resolve().name) or "captcha"
+    task, line = infer_task([label for _, label, _ in items], sizes, name, given)
+    print(f"{line} ({layout} layout)")
+    with open_dict(cfg):
+        cfg.task = task.config()
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# settings checked for type and range before any work: (key, test, what it must be). Absent keys
+# (a group without that setting) are skipped
+SETTINGS = [
+    ("seed", _whole, "a whole number"),
+    ("data.batch_size", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.num_train", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.num_val", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
+    ("data.epoch_size", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
+    ("data.epoch_pixels", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
+    ("data.synthetic_ratio", lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "above 0 and below 1 (final=true trains without it)"),
+    ("data.test_fraction", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    ("data.num_workers", lambda v: v is None or (_whole(v) and v >= 0), "a whole number of at least 0, or null"),
+    ("trainer.max_epochs", lambda v: v is None or (_whole(v) and (v >= 1 or v == -1)), "a whole number of at least 1"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
+    ("model.augment", lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    ("model.ema", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1 (0: no weight average)"),
+]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Catch the common mistakes in one line each, before any data is read."""
+    from_config(cfg.task)  # a task with every value set and valid
+    init = cfg.get("init_from")
+    if init == "pretrained" and not cfg.get("ckpt_path"):
+        pretrained(cfg.task.name)  # one line naming the tasks that have one, if this one has none
+    elif init is not None and not cfg.get("ckpt_path") and not model_path(init).is_file():  # a resumed run needs it no more
+        raise CaptchaError(f"init_from={init}: no such file; give the path of a trained checkpoint (for example "
+                           f"the checkpoints/last.ckpt of a python train.py run)")
+    if cfg.get("ckpt_path"):  # continuing a run: its checkpoint must hold the model this config builds
+        task = OmegaConf.to_container(cfg.task, resolve=True)
+        read_checkpoint(cfg.ckpt_path, expect={"task": task["name"], "head": cfg.model.head,
+                                               **{k: task[k] for k in ("alphabet", "length", "width", "height")}})
+    for key, ok, wanted in SETTINGS:
+        node, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, node) if node else cfg
+        if parent is not None and leaf in parent and not ok(parent[leaf]):
+            raise CaptchaError(f"{key}={parent[leaf]!r}: must be {wanted}")
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
+    root = cfg.data.get("root")
+    if root is not None and not Path(root).is_dir():
+        raise CaptchaError(f"data.root={root}: no such folder; point it at a folder of labelled images")
+
+
+def build(node, **kwargs):
+    """instantiate(), but a CaptchaError raised by the target comes out as itself, not wrapped in
+    Hydra's InstantiationException (which the entry points would print as a traceback)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, CaptchaError):
+            raise e.__cause__ from None
+        raise
+
+
+def refuse_used_run_folder(cfg: DictConfig) -> None:
+    """A new run never writes into a folder that holds another run's checkpoints."""
+    folder = Path(cfg.output_dir) / "checkpoints"
+    if not cfg.get("ckpt_path") and folder.is_dir() and any(folder.glob("*.ckpt")):
+        raise CaptchaError(f"{cfg.output_dir} already holds a run's checkpoints: continue it with "
+                           f"resume={cfg.output_dir}, or train into another folder")
+
+
+def final_training(cfg: DictConfig) -> None:
+    """final=true: every labelled image that is not in the test split trains, for the recipe's
+    epochs, and the last checkpoint is the model (nothing is held out to pick an epoch by)."""
+    if not cfg.data.get("root"):
+        raise CaptchaError("final=true trains on every labelled image of a folder: add data=folder (or data=mixed) "
+                           "data.root=DIR")
+    with open_dict(cfg):
+        cfg.data.val_fraction = 0
+        cfg.callbacks.model_checkpoint = None
+
+
+def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
+    """Fits the model, tests the best checkpoint, and returns the best val/exact_match
+    (the value a Hydra sweeper optimises; with final=true, the test score). `overrides`: the
+    command line's, which resume= checks; `callbacks`: Lightning callbacks added to the config's
+    (for scripts such as bench/time_to_accuracy.py)."""
+    if cfg.get("resume"):
+        cfg = resume_config(cfg, overrides)
+    else:
+        refuse_used_run_folder(cfg)
+    precision, why = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    print(f"trainer.precision={cfg.trainer.precision}: {precision} ({why})")
+    resolve_task(cfg)
+    check_config(cfg)
+    if cfg.get("final"):
+        final_training(cfg)
+    # the config with every interpolation resolved (Hydra's .hydra/config.yaml keeps them)
+    atomic_write_text(Path(cfg.output_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build(cfg.data)
+    optimizer = build(cfg.optimizer)
+    scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
+    model = build(cfg.model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    if cfg.get("init_from") and not cfg.get("ckpt_path"):  # a resumed run has its own weights
+        start_from(model, cfg.init_from)
+    if cfg.get("compile"):
+        model.net.compile()  # in place: the checkpoint's keys stay those of the plain network
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None] + list(callbacks)  # NAME=null removes one
+    loggers = [build(c) for c in cfg.logger.values() if c is not None]
+    trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
+                    plugins=[AtomicCheckpointIO()])
+    log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SystemExit:  # Lightning ends a Ctrl-C'd fit with exit(1), after saving nothing half-written
+        if trainer.interrupted:  # the entry point's one line and exit code 130 (143 for SIGTERM)
+            raise (Terminated if getattr(trainer, "received_sigterm", False) else KeyboardInterrupt) from None
+        raise
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint.best_model_path if best is not None else None,
+                              verbose=False)
+        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})  # []: no split to test on
+    if trainer.is_global_zero:  # one report, also under DDP
+        print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if checkpoint is not None and checkpoint.best_model_path:
+            print(f"best checkpoint: {checkpoint.best_model_path}")
+            if cfg.get("int8", True):  # a run resumed from before the setting existed makes one too
+                write_int8_copy(Path(checkpoint.best_model_path), datamodule)
+    return float(best) if best is not None else metrics.get("val/exact_match", metrics.get("test/exact_match", 0.0))

@@ -1,0 +1,66 @@
+"""init_from=CKPT: a run that starts from another model's weights (fine-tuning, or another
+alphabet or length), with what does not fit started fresh."""
+from ..errors import CaptchaError
+from .checkpoint import read_checkpoint
+from .packaged import model_path, pretrained
+from .spec import ModelSpec
+
+
+def ctc_rows(old: str, new: str) -> list[int | None]:
+    """For a CTC head of alphabet `new` started from one of alphabet `old`: the old row of each new
+    row (row 0 is the blank, row i + 1 character i), None for a character the old head never read."""
+    return [0] + [old.index(c) + 1 if c in old else None for c in new]
+
+
+def start_from(model, path) -> None:
+    """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
+    match (a network pretrained on rendered images, or trained on another alphabet or length).
+    A CTC head of another alphabet keeps the rows of the characters both read (a character the
+    checkpoint never read starts fresh); per-position heads of another alphabet or length start
+    fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
+    packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
+    path = pretrained(model.spec.task) if path == "pretrained" else model_path(path)
+    hparams, state = read_checkpoint(path)
+    theirs, ours = ModelSpec.read(hparams, str(path)), model.spec
+    # the network the checkpoint predicts with (its weight average, if it kept one) starts both of
+    # this run's copies, the trained one and (with model.ema) the average
+    prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
+    source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    head, old_head = ours.head, theirs.head
+    # heads that read another alphabet, or the same characters in another order, would load by
+    # shape alone and name every character wrongly
+    same_heads = (theirs.alphabet, theirs.length, theirs.head) == (ours.alphabet, ours.length, ours.head)
+    for key in ("mean", "std"):  # the weights expect inputs scaled as they were trained on
+        if getattr(theirs, key) != getattr(ours, key):
+            raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(getattr(theirs, key))}, this "
+                               f"run sets {list(getattr(ours, key))}: set model.{key}={list(getattr(theirs, key))} "
+                               f"(or init_from=null)")
+    fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
+            and (same_heads or not name.startswith("heads."))}
+    mapped = ""
+    if head == old_head == "ctc" and not same_heads and all(f"heads.{p}" in source for p in ("weight", "bias")):
+        rows = ctc_rows(theirs.alphabet, ours.alphabet)
+        for p in ("weight", "bias"):
+            key, old = f"net.heads.{p}", source[f"heads.{p}"]
+            if old.shape[1:] != own[key].shape[1:]:
+                break
+            value = own[key].clone()
+            for i, r in enumerate(rows):
+                if r is not None and r < len(old):
+                    value[i] = old[r]
+            fits[key] = value
+            if model.ema_net is not None:
+                fits[f"ema_net.heads.{p}"] = value
+        else:
+            fresh_chars = "".join(c for c, r in zip(ours.alphabet, rows[1:]) if r is None)
+            mapped = (f"; CTC head: {len(rows) - 1 - len(fresh_chars)} characters kept"
+                      + (f", {fresh_chars!r} fresh" if fresh_chars else ""))
+    if not fits.keys() & dict(model.named_parameters()).keys():
+        raise CaptchaError(f"init_from={path}: none of its weights fit this model (init_from=null trains from scratch): "
+                           f"it has widths={hparams.get('widths')}, "
+                           f"strides={hparams.get('strides')}, blocks_per_stage={hparams.get('blocks_per_stage')}")
+    model.load_state_dict(fits, strict=False)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})
+    print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded{mapped}"
+          + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
