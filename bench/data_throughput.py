@@ -30,7 +30,8 @@ from captcha_lit.data.datasets import ArrayDataset, FolderDataset, RenderedDatas
 from captcha_lit.data.folders import read_labelled
 from captcha_lit.hardware import training_precision
 from captcha_lit.model.module import CaptchaModule
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.tasks import preset
 
 parser = argparse.ArgumentParser()

@@ -29,7 +29,8 @@ from PIL import Image
 
 from captcha_lit import CaptchaReader
 from captcha_lit.model.packaged import model_path
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.model.spec import ModelSpec
 from captcha_lit.model.checkpoint import read_checkpoint
 

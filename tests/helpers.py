@@ -5,7 +5,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.tasks import CONF_DIR, preset
 
 CONF = str(CONF_DIR)

@@ -12,7 +12,8 @@ from captcha_lit.data.datamodule import CaptchaDataModule
 from captcha_lit.data.datasets import split
 from captcha_lit.errors import CaptchaError
 from captcha_lit.data.folders import read_labelled
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.tasks import Task, preset
 
 from tests.helpers import compose_cfg, make_folder, make_named_folder, write_csv

@@ -7,7 +7,8 @@ import torch
 from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
 from captcha_lit.reading.reader import CaptchaReader, restriction
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.styles import font_pool
 from captcha_lit.model.warm_start import ctc_rows, start_from
 

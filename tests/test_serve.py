@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 import zlib
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

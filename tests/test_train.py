@@ -14,7 +14,8 @@ from captcha_lit.errors import CaptchaError
 from captcha_lit.commands.cli import export as export_main
 from captcha_lit.model.module import CaptchaModule
 from captcha_lit.reading.reader import CaptchaReader
-from captcha_lit.data.render import Renderer, sample_rng
+from captcha_lit.data.render import Renderer
+from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.tasks import preset
 from captcha_lit.commands.train import train
 from captcha_lit.model.warm_start import start_from

@@ -14,7 +14,8 @@ from ..errors import CaptchaError
 from ..files import atomic_path, atomic_write_text
 from ..data.images import IMAGE_SUFFIXES
 from ..parallel import ordered_map
-from ..data.render import Renderer, sample_rng
+from ..data.render import Renderer
+from ..data.seeded import sample_rng
 
 
 def _write_one(job):

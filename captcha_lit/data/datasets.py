@@ -18,7 +18,8 @@ from ..errors import CaptchaError
 from ..files import atomic_path
 from .images import load_image
 from ..parallel import ordered_map
-from .render import Renderer, sample_rng
+from .render import Renderer
+from .seeded import sample_rng
 
 
 # ---------------------------------------------------------------- datasets

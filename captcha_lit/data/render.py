@@ -1,12 +1,6 @@
-"""Seeded ImageCaptcha rendering.
-
-captcha 0.7 draws every random number from the `secrets` module, which no seed reaches. We
-render with the package's own code but point its `secrets` at a seeded generator for the
-duration of one image, so that (seed, index) always gives the same picture and label.
-"""
-import hashlib
+"""Seeded captcha rendering: the `captcha` package's ImageCaptcha, the competition's look, or a
+new style for every image (styles.py); (seed, stream, index) fixes each image (seeded.py)."""
 import random
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +9,9 @@ from captcha.image import ImageCaptcha
 from PIL.ImageDraw import Draw
 
 from ..errors import CaptchaError
+from .seeded import captcha_drawing_from
+from .styles import draw_general
 from .tasks import length_range
-
-_swap_lock = threading.Lock()  # the swap is module-wide: one render at a time per process
-
-
-class _SeededSecrets(random.Random):
-    """The three functions of `secrets` that captcha uses, backed by a seeded Random."""
-
-    def randbelow(self, n: int) -> int:
-        return self.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self.getrandbits(k)
-
-
-def sample_rng(seed: int, stream: str, index: int) -> random.Random:
-    """An independent generator for image `index` of `stream` (e.g. "train", "val")."""
-    digest = hashlib.blake2b(f"{seed}/{stream}/{index}".encode(), digest_size=8).digest()
-    return _SeededSecrets(int.from_bytes(digest, "little"))
-
 
 class KaggleStyleCaptcha(ImageCaptcha):
     """ImageCaptcha drawn like the competition's images: every character in its own colour,
@@ -99,17 +76,12 @@ class Renderer:
     def render(self, rng: random.Random) -> tuple[np.ndarray, str]:
         """One (H, W, 3) uint8 image and its label, fully determined by `rng`."""
         if self.style == "general":
-            from .styles import draw_general
             return draw_general(rng, self.alphabet, self.lengths, self.width, self.height)
         if self._captcha is None:
             self._captcha = STYLES[self.style](self.width, self.height, fonts=self.fonts, font_sizes=self.font_sizes)
         lo, hi = self.lengths
         length = lo if lo == hi else rng.randint(lo, hi)  # no draw for fixed lengths: same images as before
         label = "".join(rng.choice(self.alphabet) for _ in range(length))
-        with _swap_lock:
-            saved, captcha_image.secrets = captcha_image.secrets, rng
-            try:
-                img = self._captcha.generate_image(label)
-            finally:
-                captcha_image.secrets = saved
+        with captcha_drawing_from(rng):
+            img = self._captcha.generate_image(label)
         return np.asarray(img.convert("RGB"), dtype=np.uint8), label

@@ -17,7 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from .seeded import captcha_drawing_from
 
 # font packages of the registry (pip install -e ".[pretrain]"); fonts whose lower and upper case
 # look alike (Amatic SC) would teach the reader to guess the case
@@ -188,19 +191,11 @@ def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> I
 
 def draw_imagecaptcha(rng: random.Random, label: str, fonts: tuple[str, ...]) -> Image.Image:
     """The captcha package's ImageCaptcha, with a font of the pool and a random size."""
-    from captcha import image as captcha_image
-    from captcha.image import ImageCaptcha
-
-    from .render import _swap_lock
     h = rng.randint(40, 80)
     w = int(h * rng.uniform(0.45, 0.75) * max(2, len(label))) + 10
     sizes = tuple(int(h * s) for s in (0.6, 0.7, 0.8))
-    with _swap_lock:
-        saved, captcha_image.secrets = captcha_image.secrets, rng
-        try:
-            return ImageCaptcha(w, h, fonts=[rng.choice(fonts)], font_sizes=sizes).generate_image(label)
-        finally:
-            captcha_image.secrets = saved
+    with captcha_drawing_from(rng):
+        return ImageCaptcha(w, h, fonts=[rng.choice(fonts)], font_sizes=sizes).generate_image(label)
 
 
 def draw_general(rng: random.Random, alphabet: str, lengths: tuple[int, int], width: int, height: int,
