@@ -77,6 +77,35 @@ def serve(cfg: DictConfig) -> None:
     run_reporting(run)
 
 
+@hydra.main(config_path=CONF, config_name="label", version_base="1.3")
+def label(cfg: DictConfig) -> None:
+    def run_label():
+        from ..model.packaged import PRETRAINED
+        from ..reading.reader import CaptchaReader
+        from ..web.label import Labels, create_app
+        from ..web.serve import run
+
+        if cfg.data_dir is None:
+            raise CaptchaError("no folder given: add data_dir=DIR (the images to label)")
+        ckpt = cfg.ckpt
+        if ckpt == "auto":
+            ckpt = "pretrained:general" if (PRETRAINED / "general.ckpt").is_file() else None
+        reader = None
+        if ckpt is not None:
+            from .predict import sweep_checkpoints  # a run folder: its model
+            path = Path(str(ckpt))
+            path = sweep_checkpoints(path)[0] if path.is_dir() else ckpt
+            read = CaptchaReader.from_onnx if str(path).endswith(".onnx") else CaptchaReader.from_checkpoint
+            reader = read(path, **({} if str(path).endswith(".onnx") else {"device": cfg.device,
+                                                                           "precision": cfg.precision}))
+        labels = Labels(cfg.data_dir, reader, cfg.order)
+        done = labels.summary()
+        run(create_app(labels), cfg.host, cfg.port,
+            f"labelling {done['total']} images of {cfg.data_dir} ({done['done']} done) on http://{{address}}"
+            + (f"; guesses by {reader.source}" if reader else "; no reader: nothing pre-typed"))
+    run_reporting(run_label)
+
+
 @hydra.main(config_path=CONF, config_name="generate", version_base="1.3")
 def generate(cfg: DictConfig) -> None:
     from .generate import generate as run

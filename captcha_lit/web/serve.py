@@ -298,11 +298,18 @@ def error(path: str, status: int, message: str) -> JSONResponse:
 
 def serve(readers: dict, default: str, host: str, port: int, limits: Limits = Limits()) -> None:
     """Runs the server until SIGTERM or Ctrl-C (requests in flight finish first)."""
+    run(create_app(readers, default, limits), host, port,
+        f"serving {', '.join(sorted(readers))} on http://{{address}} (docs: /docs); default {default}",
+        limit_concurrency=4 * limits.queue_size, graceful_s=int(limits.timeout_s) + 1)
+
+
+def run(app, host: str, port: int, banner: str, limit_concurrency: int | None = None, graceful_s: int = 5) -> None:
+    """Serves `app` on host:port with uvicorn until SIGTERM (then exit code 0, once the requests in
+    flight are answered) or Ctrl-C; prints `banner` with {address} filled in once it listens."""
     import socket
 
     import uvicorn
 
-    app = create_app(readers, default, limits)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # no Nagle delay on the answers (the accepted connections inherit it): a small answer would
@@ -313,11 +320,9 @@ def serve(readers: dict, default: str, host: str, port: int, limits: Limits = Li
     except OSError as e:
         raise CaptchaError(f"host={host} port={port}: cannot listen there ({e.strerror})") from None
     sock.listen(2048)  # connections wait in the backlog from now on, until uvicorn takes them
-    bound = sock.getsockname()[1]  # port=0 asks the system for a free one
-    print(f"serving {', '.join(sorted(readers))} on http://{host}:{bound} (docs: /docs); default {default}",
-          flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(limits.timeout_s) + 1,
-                            limit_concurrency=4 * limits.queue_size)
+    print(banner.format(address=f"{host}:{sock.getsockname()[1]}"), flush=True)  # port=0: a free one
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_s,
+                            limit_concurrency=limit_concurrency)
     # uvicorn stops on SIGTERM once the requests in flight are answered, then raises the signal
     # again for the handler it found: this one lets that end the process with exit code 0
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
