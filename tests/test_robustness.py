@@ -221,14 +221,25 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     (["optimizer.lr=-0.001"], "optimizer.lr=-0.001: must be a number above 0"),
     (["optimizer.lr=fast"], "optimizer.lr='fast': must be a number above 0"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be a whole number of at least 1"),
-    (["model.ema=1.5"], "model.ema=1.5: must be at least 0 and below 1"),
+    (["model.ema=1.5"], "model.ema=1.5: must be a number at least 0 and below 1"),
     (["seed=x"], "seed='x': must be a whole number"),
-    (["data=folder", "data.root=.", "data.val_fraction=0"], r"data.val_fraction=0: must be above 0 and below 1 \(final=true"),
+    (["data=folder", "data.root=.", "data.val_fraction=0"], r"data.val_fraction=0: must be a number above 0 and below "
+                                                             r"1 \(final=true"),
+    (["int8=no"], "int8='no': must be true or false"),
+    (["final=no"], "final='no': must be true or false"),
+    (["data.batch_size=true"], "data.batch_size=True: must be a whole number of at least 1"),
+    (["data.num_workers=two"], "data.num_workers='two': must be a whole number of at least 0, or null"),
+    (["data=mixed", "data.root=.", "data.real_fraction=half"], "data.real_fraction='half': must be a number"),
+    (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5: must be a number at least 0"),
+    (["trainer.max_epochs=-1", "scheduler=onecycle"], "trainer.max_epochs=-1 \\(no end\\) with scheduler=onecycle"),
+    (["model.widths=[]"], r"model.widths=\[\]: must be a list of whole numbers of 1 or more"),
+    (["model.strides=[0,2,2,2]"], r"model.strides=\[0, 2, 2, 2\]: must be a list of whole numbers"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ], ids=["length-0", "alphabet-repeats", "missing-folder", "no-folder-given", "auto-without-folder", "batch-size-0",
         "batch-size-text", "batch-size-fraction", "num-train-negative", "lr-negative", "lr-text", "epochs-0", "ema-1.5",
-        "seed-text", "val-fraction-0", "no-gpu"])
+        "seed-text", "val-fraction-0", "int8-no", "final-no", "batch-size-bool", "workers-text", "real-fraction-text",
+        "momentum-negative", "endless-onecycle", "widths-empty", "stride-0", "no-gpu"])
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")
@@ -241,8 +252,8 @@ def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, 
 
 def test_errors_from_instantiated_objects_are_not_wrapped_by_hydra():
     node = OmegaConf.create({"_target_": "captcha_lit.data.datamodule.CaptchaDataModule", "task": preset("task1").config(),
-                             "batch_size": 0})
-    with pytest.raises(CaptchaError, match="data.batch_size=0: must be at least 1"):
+                             "epoch_size": 10, "epoch_pixels": 1000})
+    with pytest.raises(CaptchaError, match="data.epoch_size and data.epoch_pixels both set"):
         build(node)
 
 
@@ -736,3 +747,21 @@ def test_an_int8_export_never_lands_on_an_image_it_reads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "m.ckpt"), str(image), "--int8", str(data)])
     assert "that is a file of" in capsys.readouterr().err and image.read_bytes() == before
+
+
+@pytest.mark.parametrize("command, overrides, message", [
+    ("predict", ["ckpt=m.ckpt", "data_dir=.", "device=5"], "device=5: must be one of auto, cpu, cuda, or cuda:N"),
+    ("predict", ["ckpt=m.ckpt", "data_dir=.", "allow_partial=no"], "allow_partial='no': must be true or false"),
+    ("predict", ["ckpt=m.ckpt", "data_dir=.", "precision=64"], "precision=64: must be one of auto, int8, 32"),
+    ("predict", ["ckpt=[]", "data_dir=."], r"ckpt=\[\]: must be a checkpoint, export or run folder"),
+    ("serve", ["port=-1"], "port=-1: must be a whole number from 0 to 65535"),
+    ("serve", ["max_images=many"], "max_images='many': must be a whole number of at least 1"),
+    ("serve", ["timeout_s=0"], "timeout_s=0: must be a number above 0"),
+    ("label", ["data_dir=.", "order=random"], "order='random': must be one of listed, confidence, disagree"),
+    ("generate", ["out=g", "num_workers=abc"], "num_workers='abc': must be a whole number of at least 0, or null"),
+    ("generate", ["out=g", "seed=1.5"], "seed=1.5: must be a whole number"),
+])
+def test_every_command_checks_its_settings_types_in_one_place(command, overrides, message):
+    from captcha_lit.commands.settings import check_settings
+    with pytest.raises(CaptchaError, match=message):
+        check_settings(compose_cfg(command, overrides), command)

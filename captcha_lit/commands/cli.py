@@ -60,9 +60,11 @@ def predict(cfg: DictConfig) -> None:
 def serve(cfg: DictConfig) -> None:
     def run():
         from ..model.packaged import PRETRAINED
+        from .settings import check_settings
         from .predict import load_readers
         from ..web.serve import Limits, serve
 
+        check_settings(cfg, "serve")
         ckpts = cfg.ckpt if cfg.ckpt is not None else [f"pretrained:{p.stem}" for p in sorted(PRETRAINED.glob("*.ckpt"))]
         ckpts = [ckpts] if isinstance(ckpts, str) else list(ckpts)
         readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.max_batch,
@@ -85,8 +87,11 @@ def label(cfg: DictConfig) -> None:
         from ..web.label import Labels, create_app
         from ..web.serve import run
 
+        from .settings import check_settings
+
         if cfg.data_dir is None:
             raise CaptchaError("no folder given: add data_dir=DIR (the images to label)")
+        check_settings(cfg, "label")
         ckpt = cfg.ckpt
         if ckpt == "auto":
             ckpt = "pretrained:general" if (PRETRAINED / "general.ckpt").is_file() else None

@@ -16,6 +16,7 @@ from ..data.images import IMAGE_SUFFIXES
 from ..parallel import ordered_map
 from ..data.render import Renderer
 from ..data.seeded import sample_rng
+from .settings import check_settings
 
 
 def _write_one(job):
@@ -30,14 +31,13 @@ def _write_one(job):
 def generate(cfg: DictConfig) -> Path:
     """Renders into a new folder; an interrupted or failed run removes what it wrote: a complete
     folder or none."""
+    check_settings(cfg, "generate")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise CaptchaError(f"out={out}: is a file; choose a new folder")
     if (out / "annotations.csv").exists() or (out.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES
                                                                    for p in out.rglob("*"))):
         raise CaptchaError(f"out={out}: already holds images or an annotations.csv; choose a new folder")
-    if not (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)):
-        raise CaptchaError(f"seed={cfg.seed!r}: must be a whole number")
     jobs, made = [], []
     for key, task in cfg.tasks.items():
         n = cfg.num.get(key, 0)

@@ -18,6 +18,7 @@ from ..data.images import IMAGE_SUFFIXES
 from ..model.packaged import model_path
 from ..reading.reader import CaptchaReader
 from ..reading.report import accuracy, confusion_picture, mistakes_picture
+from .settings import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def tasks_of(names: list[str], models) -> list[str | None]:
 
 
 def predict(cfg: DictConfig) -> dict:
+    check_settings(cfg, "predict")
     ckpts = list(cfg.ckpt) if isinstance(cfg.ckpt, (list, ListConfig)) else [cfg.ckpt]
     if not ckpts or ckpts == [None]:
         raise CaptchaError("no model given: add ckpt=PATH (or ckpt=[P1,P2,P3]), a .ckpt or an exported .onnx")

@@ -1,6 +1,5 @@
 """The training entry: config in, fitted model, checkpoints and metrics out."""
 import logging
-import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..model.packaged import model_path, pretrained
 from ..model.warm_start import start_from
 from ..reading.export import write_int8_copy
 from .resume import resume_config
+from .settings import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +58,6 @@ def resolve_task(cfg: DictConfig) -> None:
         cfg.task = task.config()
 
 
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# settings checked for type and range before any work: (key, test, what it must be). Absent keys
-# (a group without that setting) are skipped
-SETTINGS = [
-    ("seed", _whole, "a whole number"),
-    ("data.batch_size", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
-    ("data.num_train", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
-    ("data.num_val", lambda v: _whole(v) and v >= 1, "a whole number of at least 1"),
-    ("data.epoch_size", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
-    ("data.epoch_pixels", lambda v: v is None or (_whole(v) and v >= 1), "a whole number of at least 1, or null"),
-    ("data.synthetic_ratio", lambda v: _number(v) and v >= 0, "a number of at least 0"),
-    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "above 0 and below 1 (final=true trains without it)"),
-    ("data.test_fraction", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
-    ("data.num_workers", lambda v: v is None or (_whole(v) and v >= 0), "a whole number of at least 0, or null"),
-    ("trainer.max_epochs", lambda v: v is None or (_whole(v) and (v >= 1 or v == -1)), "a whole number of at least 1"),
-    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
-    ("model.augment", lambda v: _number(v) and v >= 0, "a number of at least 0"),
-    ("model.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
-    ("model.ema", lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1 (0: no weight average)"),
-]
-
-
 def check_config(cfg: DictConfig) -> None:
     """Catch the common mistakes in one line each, before any data is read."""
     from_config(cfg.task)  # a task with every value set and valid
@@ -100,11 +71,11 @@ def check_config(cfg: DictConfig) -> None:
         task = OmegaConf.to_container(cfg.task, resolve=True)
         read_checkpoint(cfg.ckpt_path, expect={"task": task["name"], "head": cfg.model.head,
                                                **{k: task[k] for k in ("alphabet", "length", "width", "height")}})
-    for key, ok, wanted in SETTINGS:
-        node, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, node) if node else cfg
-        if parent is not None and leaf in parent and not ok(parent[leaf]):
-            raise CaptchaError(f"{key}={parent[leaf]!r}: must be {wanted}")
+    check_settings(cfg, "train")
+    if (str(OmegaConf.select(cfg, "scheduler._target_")).endswith("one_cycle") and cfg.trainer.get("max_epochs") in
+            (None, -1) and cfg.trainer.get("max_steps", -1) == -1):
+        raise CaptchaError("trainer.max_epochs=-1 (no end) with scheduler=onecycle, whose schedule is laid out over "
+                           "the whole run: set trainer.max_epochs (or trainer.max_steps), or scheduler=cosine/none")
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")

@@ -39,17 +39,11 @@ class CaptchaDataModule(pl.LightningDataModule):
                  font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False):
         super().__init__()
         self.task = from_config(task)
-        if batch_size < 1:
-            raise CaptchaError(f"data.batch_size={batch_size}: must be at least 1")
         self.root, self.num_train, self.num_val = root, num_train, num_val
-        if epoch_size is not None and epoch_size < 1:
-            raise CaptchaError(f"data.epoch_size={epoch_size}: must be at least 1 (or null: each image once)")
         if epoch_pixels is not None:
             if epoch_size is not None:
                 raise CaptchaError("data.epoch_size and data.epoch_pixels both set: give one (the other null)")
             epoch_size = max(1, round(epoch_pixels / (self.task.width * self.task.height)))
-        if real_fraction is not None and not 0 < real_fraction <= 1:
-            raise CaptchaError(f"data.real_fraction={real_fraction}: must be above 0 and at most 1 (or null)")
         self.synthetic_ratio, self.real_fraction, self.epoch_size = synthetic_ratio, real_fraction, epoch_size
         self.val_fraction, self.test_fraction, self.batch_size, self.seed = val_fraction, test_fraction, batch_size, seed
         self.materialize, self.cache_dir = materialize, cache_dir

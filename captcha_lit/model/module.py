@@ -73,12 +73,8 @@ class CaptchaModule(pl.LightningModule):
         if not 0.25 <= low_res <= 1 or not 0 <= low_res_until <= 1:
             raise CaptchaError(f"model.low_res={low_res}, model.low_res_until={low_res_until}: low_res must be "
                                f"from 0.25 to 1 (1: full size throughout), low_res_until from 0 to 1")
-        if not widths or any(not isinstance(w, int) or w < 1 for w in widths) or len(strides) != len(widths):
-            raise CaptchaError(f"model.widths={list(widths)}, model.strides={list(strides)}: one whole number of "
-                               f"channels (1 or more) and one stride per stage")
-        if any(not all(isinstance(x, int) and x >= 1 for x in (s if isinstance(s, (list, tuple)) else [s]))
-               for s in strides):
-            raise CaptchaError(f"model.strides={list(strides)}: each a whole number of 1 or more, or [height, width]")
+        if len(strides) != len(widths):  # their types and ranges: commands/settings.py
+            raise CaptchaError(f"model.widths={list(widths)}, model.strides={list(strides)}: one stride per stage")
         steps = output_width(spec.width, strides)
         if head == "ctc" and steps < 2 * hi - 1:  # a blank step must fit between two equal characters
             raise CaptchaError(f"model.head=ctc: {spec.width}-pixel wide images give {steps} columns, too few for "
@@ -96,8 +92,6 @@ class CaptchaModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         # ema > 0: an exponential moving average of the weights (and BN statistics), updated after
         # every step, is what validation, test, prediction and export use. See update_ema for its warm-up
-        if not 0 <= ema < 1:
-            raise CaptchaError(f"model.ema={ema}: must be at least 0 and below 1 (0: no weight average)")
         self.ema_net = None
         if ema:
             self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
