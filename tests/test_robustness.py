@@ -765,3 +765,27 @@ def test_every_command_checks_its_settings_types_in_one_place(command, overrides
     from captcha_lit.commands.settings import check_settings
     with pytest.raises(CaptchaError, match=message):
         check_settings(compose_cfg(command, overrides), command)
+
+
+def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
+    from captcha_lit import CaptchaReader
+    from captcha_lit.commands.generate import generate
+    save_tiny_checkpoint(tmp_path / "m.ckpt")
+    reader = CaptchaReader.from_checkpoint(tmp_path / "m.ckpt", precision="32")
+    with pytest.raises(CaptchaError, match=r"read\(NoneType\): give an image"):
+        reader.read(None)
+    with pytest.raises(CaptchaError, match=r"a int among the images"):
+        reader.read([3])
+    image = Image.new("RGB", (72, 72))
+    image.close()
+    with pytest.raises(CaptchaError, match="a PIL image that cannot be read"):
+        reader.read([image])
+    with pytest.raises(CaptchaError, match=r"ensemble\(\[\]\)"):
+        CaptchaReader.ensemble([])
+    with pytest.raises(CaptchaError, match=r"an empty PIL image \(0x0\)"):  # it read as '8' before
+        reader.read([Image.new("RGB", (0, 0))])
+    with pytest.raises(CaptchaError, match="task.length=0: lengths must be 1 or more"):
+        generate(compose_cfg("generate", [f"out={tmp_path / 'g'}", "tasks.task1.length=0"]))
+    with pytest.raises(CaptchaError, match="task.alphabet: alphabet '' must be non-empty"):
+        generate(compose_cfg("generate", [f"out={tmp_path / 'h'}", "tasks.task1.alphabet=''"]))
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()

@@ -16,6 +16,7 @@ from ..data.images import IMAGE_SUFFIXES
 from ..parallel import ordered_map
 from ..data.render import Renderer
 from ..data.seeded import sample_rng
+from ..data.tasks import from_config
 from .settings import check_settings
 
 
@@ -43,6 +44,7 @@ def generate(cfg: DictConfig) -> Path:
         n = cfg.num.get(key, 0)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise CaptchaError(f"num.{key}={n!r}: must be a whole number, 0 or more")
+        task = from_config(task)  # a zero length, an empty alphabet: refused here, naming the setting
         renderer = Renderer(task.width, task.height, task.length, task.alphabet, cfg.font_sizes)
         jobs += [(renderer, cfg.seed, task.name, i, str(out)) for i in range(n)]
         made.append(out / task.name)

@@ -122,6 +122,11 @@ def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
             return names, ([label for _, _, label in rows] if kind == "labelled" else None), kind
     # a plain folder: every image below it
     names = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for name in names:  # a name the CSV could not hold as UTF-8 text
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CaptchaError(f"data_dir={data_dir}: the file name {name!r} is not valid UTF-8; rename it") from None
     if not names:
         raise CaptchaError(f"data_dir={data_dir}: no sample_submission.csv, annotations.csv or images found")
     return names, None, "folder"

@@ -31,6 +31,8 @@ def load_image(path, width: int, height: int) -> np.ndarray:
     regular_file(path, "image")
     try:
         with Image.open(path, formats=sorted(FORMATS)) as img:
+            if 0 in img.size:
+                raise CaptchaError(f"{path}: an empty image ({img.width}x{img.height})")
             img = to_rgb(img)
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)

@@ -23,7 +23,12 @@ def _to_array(image, width: int, height: int) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return load_image(image, width, height)
     if isinstance(image, Image.Image):
-        image = to_rgb(image)
+        try:
+            image = to_rgb(image)
+        except (ValueError, OSError) as e:  # a closed image, one whose file has gone
+            raise CaptchaError(f"a PIL image that cannot be read ({e})") from None
+        if 0 in image.size:
+            raise CaptchaError(f"an empty PIL image ({image.width}x{image.height})")
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
@@ -303,7 +308,13 @@ class CaptchaReader:
         """Labels and their confidence (product of the per-character softmax maxima). `images` is a
         list; a single path, PIL image or (H, W, 3) array is read as a list of one."""
         single = isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3)
+        if not single and not hasattr(images, "__iter__"):
+            raise CaptchaError(f"read({type(images).__name__}): give an image (a path, PIL image or (H, W, 3) uint8 "
+                               f"array) or a list of them")
         images = [images] if single else list(images)
+        bad = next((type(i).__name__ for i in images if not isinstance(i, (str, Path, Image.Image, np.ndarray))), None)
+        if bad:
+            raise CaptchaError(f"read(): a {bad} among the images; each must be a path, PIL image or (H, W, 3) uint8 array")
         labels, confidence = [], []
         for batch in self._batches(images, progress):
             logits = self.logits(np.stack(batch))
