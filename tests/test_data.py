@@ -191,8 +191,9 @@ def test_real_fraction_sets_the_share_of_real_images_an_epoch_draws(tmp_path):
     real = torch.from_numpy(dm.train_set.images[:8]).movedim(-1, -3)
     drawn = [(images[:, None] == real[None]).flatten(2).all(-1).any(-1) for images, _ in dm.train_dataloader()]
     assert len(torch.cat(drawn)) == 4000 and 0.7 < torch.cat(drawn).float().mean() < 0.8
-    with pytest.raises(CaptchaError, match="data.real_fraction=0: must be above 0"):
-        CaptchaDataModule(Task("d", 4, DIGITS, 100, 40).config(), root=str(root), real_fraction=0)
+    from captcha_lit.commands.settings import check_settings
+    with pytest.raises(CaptchaError, match="data.real_fraction=0: must be a number above 0 and at most 1"):
+        check_settings(compose_cfg("train", ["data=mixed", f"data.root={root}", "data.real_fraction=0"]), "train")
 
 
 def test_the_test_split_stays_when_validation_is_dropped():

@@ -22,8 +22,8 @@ def number(lo=None, hi=None, above=None, below=None, null=False):
         return (null and v is None) or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                         and (lo is None or v >= lo) and (hi is None or v <= hi)
                                         and (above is None or v > above) and (below is None or v < below))
-    parts = [f"at least {lo}" if lo is not None else "", f"at most {hi}" if hi is not None else "",
-             f"above {above}" if above is not None else "", f"below {below}" if below is not None else ""]
+    parts = [f"at least {lo}" if lo is not None else "", f"above {above}" if above is not None else "",
+             f"at most {hi}" if hi is not None else "", f"below {below}" if below is not None else ""]
     return ok, "a number " + " and ".join(p for p in parts if p) + (", or null" if null else "")
 
 
