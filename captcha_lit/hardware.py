@@ -46,6 +46,9 @@ def cpu_precision_reason() -> str:
     flag = cpu_bf16()
     if flag:
         return f"bf16 is native on this CPU ({flag})"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if isa and any(f in cpu_flags() for f in BF16_FLAGS):
+        return f"ONEDNN_MAX_CPU_ISA={isa} keeps oneDNN below bf16"
     return (f"this CPU has no native bf16 (no {' or '.join(BF16_FLAGS)} flag): oneDNN would emulate it, "
             f"slower than fp32")
 
