@@ -99,7 +99,7 @@ for style in args.styles.split(","):
         train = folder(items[:n], work / style / f"train{n}")
         for start in args.starts.split(","):
             init = {"scratch": "null", "general": "pretrained:general"}.get(start, start)
-            run = work / style / f"run{n}-{re.sub(r'[^\w]', '_', start)}"
+            run = work / style / ("run%d-%s" % (n, re.sub(r"[^\w]", "_", start)))
             began = time.perf_counter()
             subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=auto", f"data.root={train}",
                             f"init_from={init}", f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false",
