@@ -232,7 +232,7 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     (["data=mixed", "data.root=.", "data.real_fraction=half"], "data.real_fraction='half': must be a number"),
     (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5: must be a number at least 0"),
     (["trainer.max_epochs=-1", "scheduler=onecycle"], "trainer.max_epochs=-1 \\(no end\\) with scheduler=onecycle"),
-    (["model.widths=[]"], r"model.widths=\[\]: must be a list of whole numbers of 1 or more"),
+    (["model.widths=[]"], r"model.widths=\[\]: must be a list of whole numbers from 1 to 4096"),
     (["model.strides=[0,2,2,2]"], r"model.strides=\[0, 2, 2, 2\]: must be a list of whole numbers"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),

@@ -47,10 +47,14 @@ def stored_config(path: Path) -> dict:
     no _target_ that this project's configs never name."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise CaptchaError(f"{path}: not a readable run config ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise CaptchaError(f"{path}: not a run config (a mapping of settings), but {type(data).__name__}")
+    missing = [k for k in ("task", "data", "model", "optimizer", "trainer")
+               if not isinstance(data.get(k), dict)]
+    if missing:
+        raise CaptchaError(f"{path}: not a run config that train.py wrote: no {', '.join(missing)} section")
     targets, allowed = [], project_targets()
 
     def walk(node, where: str):
@@ -72,8 +76,11 @@ def stored_config(path: Path) -> dict:
         elif not (node is None or isinstance(node, (str, bool, int, float))):
             raise CaptchaError(f"{path}: refused: {where} is a {type(node).__name__}, not a plain value")
 
-    data = _moved_target(data)
-    walk(data, "")
+    try:
+        data = _moved_target(data)
+        walk(data, "")
+    except RecursionError:  # an alias that contains itself, or values nested thousands deep
+        raise CaptchaError(f"{path}: refused: nested too deep to be a run config") from None
     unknown = sorted(set(targets) - allowed)
     if unknown:
         raise CaptchaError(f"{path}: refused: it names {', '.join(unknown)}, which captcha-lit's configs never do, "

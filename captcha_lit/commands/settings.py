@@ -41,14 +41,23 @@ def text(null=False):
     return (lambda v: (null and v is None) or (isinstance(v, str) and v != "")), "a name" + (", or null" if null else "")
 
 
+def sizes():
+    """font_sizes: null, or a list of whole numbers of pixels."""
+    def ok(v):
+        items = list(v) if OmegaConf.is_list(v) or isinstance(v, (list, tuple)) else None
+        return v is None or (bool(items) and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 512
+                                                 for x in items))
+    return ok, "null, or a list of font sizes in pixels (1 to 512)"
+
+
 def stages():
     """model.widths and model.strides: one whole number of channels per stage; strides a whole
     number each, or [height, width]."""
     def ok(v):
         items = list(v) if OmegaConf.is_list(v) or isinstance(v, (list, tuple)) else None
         flat = [x for i in items or [] for x in (list(i) if OmegaConf.is_list(i) or isinstance(i, (list, tuple)) else [i])]
-        return bool(items) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in flat)
-    return ok, "a list of whole numbers of 1 or more, one per stage (a stride may be [height, width])"
+        return bool(items) and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in flat)
+    return ok, "a list of whole numbers from 1 to 4096, one per stage (a stride may be [height, width])"
 
 
 def models():
@@ -78,7 +87,7 @@ SCHEMA = {
         ("optimizer.momentum", number(lo=0, below=1)),
         ("model.augment", number(lo=0)), ("model.label_smoothing", number(lo=0, below=1)),
         ("model.ema", number(lo=0, below=1)), ("model.blocks_per_stage", whole(1)), ("model.columns", whole(0)),
-        ("model.channels_last", boolean()), ("model.widths", stages()), ("model.strides", stages()),
+        ("model.channels_last", boolean()), ("data.font_sizes", sizes()), ("model.widths", stages()), ("model.strides", stages()),
     ],
     # batch_size, num_workers, tta and alphabet are CaptchaReader's own arguments, checked there
     "predict": [("ckpt", models()), ("data_dir", text()), ("output", text()), ("allow_partial", boolean()),
@@ -90,7 +99,7 @@ SCHEMA = {
     "label": [("data_dir", text()), ("ckpt", (lambda v: v is None or models()[0](v), models()[1] + ", auto or null")),
               ("order", choice("listed", "confidence", "disagree")), ("port", whole(0, 65535)), ("host", text()),
               *READING],
-    "generate": [("out", text()), ("seed", whole()), ("num_workers", whole(0, null=True))],
+    "generate": [("out", text()), ("seed", whole()), ("num_workers", whole(0, null=True)), ("font_sizes", sizes())],
 }
 
 
@@ -99,6 +108,8 @@ def check_settings(cfg, command: str) -> None:
     for key, (ok, wanted) in SCHEMA[command]:
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
+        if parent is not None and leaf in parent.keys() and OmegaConf.is_missing(parent, leaf):  # `in` skips ???
+            raise CaptchaError(f"{key} is not set: add {key}=...")
         if parent is None or leaf not in parent:
             continue
         value = parent[leaf]

@@ -32,7 +32,12 @@ def second_look_of(contract: dict, folder) -> tuple[Path, float] | None:
     """The fp32 original (in `folder`) and the margin an int8 model's contract names for reading its
     near ties again; None for a plain model. KeyError, TypeError or ValueError: unreadable."""
     look = contract.get("second_look")
-    return None if look is None else (Path(folder) / str(look["model"]), float(look["margin"]))
+    if look is None:
+        return None
+    name = str(look["model"])
+    if Path(name).name != name or not name.endswith(".onnx"):  # a file beside the copy, nothing elsewhere
+        raise ValueError(f"second_look.model={name!r} must name an .onnx file beside the copy")
+    return Path(folder) / name, float(look["margin"])
 
 
 def again(read_again) -> str:
@@ -62,7 +67,8 @@ def find(ckpt, forced: bool = False) -> tuple[Path | None, str | None]:
     path = copy_path(ckpt)
     make = f"make one with: captcha-export {ckpt} --int8 IMAGES (a folder of the task's images)"
     try:
-        contract = json.loads(path.with_suffix(".onnx.json").read_text()) if path.is_file() else None
+        contract_file = path.with_suffix(".onnx.json")
+        contract = json.loads(contract_file.read_text()) if path.is_file() and contract_file.is_file() else None
     except (OSError, ValueError, UnicodeDecodeError):
         contract = None
     contract = contract if isinstance(contract, dict) else None  # a half-made or foreign copy: none

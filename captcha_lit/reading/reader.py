@@ -243,7 +243,7 @@ class CaptchaReader:
         try:
             contract = json.loads(regular_file(contract_path, "export contract").read_text())
             look = second_look_of(contract, path.parent)  # an int8 copy's fp32 original, for its near ties
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError, OSError) as e:
             raise CaptchaError(f"{contract_path}: not a captcha-lit export contract ({type(e).__name__}: {e})") from None
         spec = ModelSpec.read(contract, str(contract_path))
         try:
@@ -270,8 +270,12 @@ class CaptchaReader:
             # its threads sleep between its rare runs instead of spinning against the int8 model's (1.1x)
             quiet = ort.SessionOptions()
             quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            run = second_look(run, partial(run_onnx, ort.InferenceSession(str(original), quiet,
-                                                                          providers=["CPUExecutionProvider"]), name), margin)
+            try:
+                again = ort.InferenceSession(str(original), quiet, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime's own exception types for broken files
+                raise CaptchaError(f"{original}: not a loadable ONNX model ({str(e).splitlines()[0][:200]}); make "
+                                   f"the copy again: captcha-export CHECKPOINT --int8 IMAGES") from None
+            run = second_look(run, partial(run_onnx, again, name), margin)
 
         def logits_fn(images: np.ndarray) -> np.ndarray:
             return run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

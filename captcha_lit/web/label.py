@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.folders import read_csv_rows
 from ..data.images import IMAGE_SUFFIXES, image_size
 from ..errors import CaptchaError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, regular_file
 
 PAGE = Path(__file__).with_name("label.html")
 STATE = ".captcha-label.json"
 ORDERS = ("listed", "confidence", "disagree")
+MAX_LABEL = 64  # characters: longer than any captcha, short enough for every CSV reader
 
 
 class Labels:
@@ -50,9 +51,18 @@ class Labels:
         self.labels = {}
         if self.csv.exists():  # labels already there are kept, in their order, whatever is done here
             self.labels = {filename: label for _, filename, label in read_csv_rows(self.csv)}
-        state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        state = {}
+        if self.state_path.exists():
+            try:
+                state = json.loads(regular_file(self.state_path, "state file").read_text(encoding="utf-8"))
+                unreadable, counts = state.get("unreadable", []), state.get("counts", {})
+                assert isinstance(unreadable, list) and all(isinstance(n, str) for n in unreadable)
+                assert isinstance(counts, dict) and all(isinstance(counts.get(k, 0), int) for k in ("accepted", "typed"))
+            except (ValueError, UnicodeDecodeError, AttributeError, AssertionError):
+                raise CaptchaError(f"{self.state_path}: not captcha-label's state file (the unreadable images and the "
+                                   f"counts); move it away to start the counts anew (annotations.csv keeps the labels)")
         self.unreadable = set(state.get("unreadable", []))
-        self.counts = {"accepted": 0, "typed": 0, **state.get("counts", {})}
+        self.counts = {"accepted": 0, "typed": 0, **{k: state.get("counts", {}).get(k, 0) for k in ("accepted", "typed")}}
         self.guesses: dict[str, tuple[str, float]] = {}
         self.reading = threading.Thread(target=self._guess_all, daemon=True)
 
@@ -94,8 +104,8 @@ class Labels:
                 self.labels.pop(name, None)
             else:
                 label = label.strip()
-                if not label or any(c in label for c in "\r\n"):
-                    raise StarletteHTTPException(400, "a label is one line of one or more characters")
+                if not 0 < len(label) <= MAX_LABEL or any(c in label for c in "\r\n"):
+                    raise StarletteHTTPException(400, f"a label is one line of 1 to {MAX_LABEL} characters")
                 self.labels[name] = label
                 self.unreadable.discard(name)
                 self.counts["accepted" if accepted else "typed"] += 1

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import CaptchaError
 from ..data.images import FORMATS, to_rgb
@@ -153,6 +154,10 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
     async def invalid(request: Request, e: RequestValidationError):
         return error(request.url.path, 422, f"invalid request: {e.errors()[:1]}")
 
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, e: ClientDisconnect):  # nobody is there to read an answer
+        return error(request.url.path, 400, "the client went away before its request was whole")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):  # never a traceback to the client
         return error(request.url.path, 500, f"internal error ({type(e).__name__}); the server goes on")
@@ -199,8 +204,8 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
         elif kind.startswith("application/json"):
             try:
                 body = json.loads(await request.body())
-            except ValueError:
-                raise BadRequest(400, "the body is not valid JSON") from None
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+                raise BadRequest(400, "the body is not valid JSON (or nested too deep)") from None
             if not isinstance(body, dict):
                 raise BadRequest(400, 'expected a JSON object: {"images": [base64, ...], "task": ...}')
             items = body.get("images", [body["image"]] if "image" in body else [])
