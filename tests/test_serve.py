@@ -75,9 +75,19 @@ def multipart(files: dict, fields: dict = None) -> tuple[bytes, dict]:
     return out.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def raw_request(port, line, headers, body):
+def raw_request(port, line, headers, body, tries=3):
     """(status, parsed JSON) of a request written by hand: headers a client library would not send,
-    a body the server answers before it has all of it."""
+    a body the server answers before it has all of it (a server that closes on a body it has not
+    read resets the connection, which can take its answer with it: then the request is sent again)."""
+    for _ in range(tries - 1):
+        try:
+            return _raw_request(port, line, headers, body)
+        except (ConnectionResetError, IndexError):
+            time.sleep(0.2)
+    return _raw_request(port, line, headers, body)
+
+
+def _raw_request(port, line, headers, body):
     head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "x", "Content-Type": "application/json", "Connection": "close",
                                                  **headers}.items())
     with socket.create_connection(("127.0.0.1", port)) as s:
