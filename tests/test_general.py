@@ -77,3 +77,40 @@ def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
     assert all(s == s.lower() for s in lower)
     with pytest.raises(CaptchaError, match="give the characters in quotes"):
         CaptchaReader.from_checkpoint(path, precision="32", allowed=123)
+
+
+def test_the_packaged_general_reader_reads_unseen_captchas_zero_shot_narrowed_to_digits(tmp_path):
+    from captcha_lit.commands.predict import predict
+    from tests.helpers import compose_cfg, write_csv
+    renderer = Renderer(160, 60, 4, "0123456789")  # the captcha package's own style, at its own size
+    images, labels = zip(*(renderer.render(sample_rng(11, "zero-shot", i)) for i in range(40)))
+    from PIL import Image
+    reader = CaptchaReader.from_checkpoint("pretrained:general", precision="32", allowed="digits")
+    read = reader.read([Image.fromarray(i) for i in images])  # scaled to the reader's 128x48
+    assert all(set(r) <= set("0123456789") for r in read)
+    assert sum(r == label for r, label in zip(read, labels)) >= 24  # 0.6; ddddocr reads digits-only styles far worse
+    # the same through predict.py, on a labelled folder
+    for i, (image, label) in enumerate(zip(images[:10], labels[:10])):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    write_csv(tmp_path, [(f"{i}.png", label) for i, label in enumerate(labels[:10])])
+    metrics = predict(compose_cfg("predict", ["ckpt=pretrained:general", f"data_dir={tmp_path}", "alphabet=digits",
+                                              f"output={tmp_path / 'out.csv'}", "progress=false", "precision=32"]))
+    assert metrics["general"]["n"] == 10 and metrics["general"]["exact_match"] == np.mean(
+        [r == label for r, label in zip(read[:10], labels[:10])])
+
+
+def test_fresh_train_renders_new_images_every_epoch():
+    from types import SimpleNamespace
+
+    from captcha_lit.data.datamodule import CaptchaDataModule
+    task = dict(name="general", length=[1, 8], alphabet=ALNUM, width=128, height=48)
+    dm = CaptchaDataModule(task, num_train=8, num_val=4, batch_size=4, style="general", fresh_train=True,
+                           num_workers=0)
+    dm.setup()
+    seen = []
+    for epoch in (0, 1, 1, 2):
+        dm.trainer = SimpleNamespace(current_epoch=epoch)
+        dm.train_dataloader()
+        seen.append(dm.train_set.images.copy())
+    assert not np.array_equal(seen[0], seen[1]) and np.array_equal(seen[1], seen[2])
+    assert not np.array_equal(seen[1], seen[3])

@@ -789,3 +789,23 @@ def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
     with pytest.raises(CaptchaError, match="task.alphabet: alphabet '' must be non-empty"):
         generate(compose_cfg("generate", [f"out={tmp_path / 'h'}", "tasks.task1.alphabet=''"]))
     assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_general_pretraining_resumes_with_new_images_each_epoch(tmp_path):
+    run = tmp_path / "general"
+    tiny = ["data.num_train=256", "data.num_val=32", "data.batch_size=32", "model.widths=[16,16,32,32]",
+            "data.num_workers=1", "trainer.enable_progress_bar=false", "test=false", "trainer=cpu"]
+    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=pretrain_general", "trainer.max_epochs=3",
+           f"hydra.run.dir={run}"] + tiny
+    code, stderr, _ = interrupt_when(cmd, tmp_path, run / "checkpoints" / "last.ckpt")  # during the second epoch
+    assert code == 130, stderr[-2000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["hyper_parameters"]["task"] == "general"
+    with open(run / "csv" / "version_1" / "metrics.csv") as f:  # the resumed run's own log
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val/exact_match")}
+    assert epochs == {"1", "2"}
