@@ -809,3 +809,15 @@ def test_an_interrupted_general_pretraining_resumes_with_new_images_each_epoch(t
     with open(run / "csv" / "version_1" / "metrics.csv") as f:  # the resumed run's own log
         epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val/exact_match")}
     assert epochs == {"1", "2"}
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train.py", ["data.batchsize=3"], "error: Could not override 'data.batchsize'."),
+    ("train.py", ["optimizer=adamm"], "error: In 'train': Could not find 'optimizer/adamm'"),
+    ("predict.py", ["ckpt=[a.ckpt,b.ckpt", "data_dir=."], "error: no viable alternative at input"),
+])
+def test_hydras_own_command_line_errors_are_one_line_too(tmp_path, script, args, message):
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

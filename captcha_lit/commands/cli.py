@@ -42,7 +42,7 @@ def run_reporting(fn, *args):
 
 
 @hydra.main(config_path=CONF, config_name="train", version_base="1.3")
-def train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from .train import train as run
@@ -51,13 +51,13 @@ def train(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path=CONF, config_name="predict", version_base="1.3")
-def predict(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     from .predict import predict as run
     run_reporting(run, cfg)
 
 
 @hydra.main(config_path=CONF, config_name="serve", version_base="1.3")
-def serve(cfg: DictConfig) -> None:
+def _serve(cfg: DictConfig) -> None:
     def run():
         from ..model.packaged import PRETRAINED
         from .settings import check_settings
@@ -80,7 +80,7 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=CONF, config_name="label", version_base="1.3")
-def label(cfg: DictConfig) -> None:
+def _label(cfg: DictConfig) -> None:
     def run_label():
         from ..model.packaged import PRETRAINED
         from ..reading.reader import CaptchaReader
@@ -112,7 +112,7 @@ def label(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=CONF, config_name="generate", version_base="1.3")
-def generate(cfg: DictConfig) -> None:
+def _generate(cfg: DictConfig) -> None:
     from .generate import generate as run
     run_reporting(run, cfg)
 
@@ -146,3 +146,27 @@ def export(argv=None):
         print(run_reporting(int8_from_folder, args.ckpt, args.int8, args.output))
     else:
         print(run_reporting(export_onnx, args.ckpt, args.output))
+
+
+def _checked(config_name: str, main):
+    """The command `main`, with Hydra's own refusals of its command line (a misspelt key, an
+    unknown option, a broken list) as one `error:` line and exit code 2, like every other refusal:
+    the overrides are composed once before Hydra runs. Flags (--help, -m, --cfg) go to Hydra as
+    they are."""
+    def command():
+        args = sys.argv[1:]
+        if not any(a.startswith("-") for a in args):
+            from hydra import compose, initialize_config_dir
+            try:
+                with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+                    compose(config_name, overrides=args)
+            except Exception as e:  # Hydra's override-grammar and composition errors
+                print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+                sys.exit(2)
+        return main()
+    command.__doc__ = main.__doc__
+    return command
+
+
+train, predict, serve = _checked("train", _train), _checked("predict", _predict), _checked("serve", _serve)
+label, generate = _checked("label", _label), _checked("generate", _generate)
