@@ -163,6 +163,10 @@ def _checked(config_name: str, main):
             except Exception as e:  # Hydra's override-grammar and composition errors
                 print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
                 sys.exit(2)
+            run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+            if config_name == "train" and run_dir and not any(a.startswith(("resume=", "ckpt_path=")) for a in args):
+                from .train import refuse_used_run_folder  # before Hydra rewrites that run's .hydra/ files
+                run_reporting(refuse_used_run_folder, run_dir)
         return main()
     command.__doc__ = main.__doc__
     return command

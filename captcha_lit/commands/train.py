@@ -95,12 +95,13 @@ def build(node, **kwargs):
         raise
 
 
-def refuse_used_run_folder(cfg: DictConfig) -> None:
-    """A new run never writes into a folder that holds another run's checkpoints."""
-    folder = Path(cfg.output_dir) / "checkpoints"
-    if not cfg.get("ckpt_path") and folder.is_dir() and any(folder.glob("*.ckpt")):
-        raise CaptchaError(f"{cfg.output_dir} already holds a run's checkpoints: continue it with "
-                           f"resume={cfg.output_dir}, or train into another folder")
+def refuse_used_run_folder(output_dir) -> None:
+    """A new run never writes into a folder that holds another run's checkpoints (cli.py asks
+    before Hydra writes its .hydra/ files there; train() again, for runs started from Python)."""
+    folder = Path(output_dir) / "checkpoints"
+    if folder.is_dir() and any(folder.glob("*.ckpt")):
+        raise CaptchaError(f"{output_dir} already holds a run's checkpoints: continue it with "
+                           f"resume={output_dir}, or train into another folder")
 
 
 def final_training(cfg: DictConfig) -> None:
@@ -122,7 +123,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     if cfg.get("resume"):
         cfg = resume_config(cfg, overrides)
     else:
-        refuse_used_run_folder(cfg)
+        if not cfg.get("ckpt_path"):
+            refuse_used_run_folder(cfg.output_dir)
     precision, why = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     print(f"trainer.precision={cfg.trainer.precision}: {precision} ({why})")
     resolve_task(cfg)
