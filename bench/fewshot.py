@@ -6,8 +6,8 @@
 
 For each style (bench/make_style_sets.py draws them; `task1..3` are the competition's real images
 from --real) it takes N labelled images to train on and --test other images of the style to score
-on, trains `experiment=auto` from each start (scratch: init_from=null; general: the packaged
-general reader, init_from=pretrained:general; or a checkpoint path: a general reader pretrained
+on, trains a reader from each start (scratch: `experiment=auto_scratch`; general: `experiment=auto`, which
+fine-tunes the packaged general reader; or a checkpoint path, `experiment=auto init_from=PATH`: a general reader pretrained
 without that style, for the leave-one-style-out rows), and prints exact match with its 95 %
 Wilson interval and the fine-tuning wall time (start-up included). The general reader zero-shot
 (`predict.py ckpt=pretrained:general`, decoding narrowed to the style's characters) and
@@ -16,15 +16,14 @@ ddddocr 1.6.1 zero-shot read the same test images. The last lines are a markdown
 import argparse
 import csv
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from captcha_lit.data.folders import labelled_items
 from captcha_lit.reading.report import wilson
+from sets import labelled_folder, style_items
 
 ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,35 +37,6 @@ parser.add_argument("--no-ddddocr", action="store_true")
 parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 args = parser.parse_args()
 work = Path(tempfile.mkdtemp(prefix="fewshot-"))
-STYLE_NAMES = {"plain": "simple"}  # make_style_sets.py's name for the plain Pillow style
-
-
-def style_items(style: str, count: int) -> list[tuple[Path, str]]:
-    """`count` labelled images of the style: drawn by make_style_sets.py, or the real task images."""
-    if style in ("task1", "task2", "task3"):
-        items, _ = labelled_items(args.real, style)
-        return [(p, label) for p, label, _ in items][:count]
-    out = work / "styles"
-    name = STYLE_NAMES.get(style, style)
-    if not (out / name).is_dir():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "make_style_sets.py"), "--out", str(out), "--n", str(count),
-                        "--seed", str(args.seed), "--styles", name, "--no-sheets"], check=True)
-    items, _ = labelled_items(out / name)
-    return [(p, label) for p, label, _ in items]
-
-
-def folder(items, path: Path) -> Path:
-    """A labelled folder (annotations.csv) of copies of `items`."""
-    path.mkdir(parents=True)
-    with open(path / "annotations.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "label"])
-        for i, (image, label) in enumerate(items):
-            shutil.copyfile(image, path / f"{i:05d}{image.suffix}")
-            writer.writerow([f"{i:05d}{image.suffix}", label])
-    return path
-
-
 def exact(predictions: Path, test: Path) -> int:
     with open(predictions) as f, open(test / "annotations.csv") as g:
         got = {r["filename"]: r["label"] for r in csv.DictReader(f)}
@@ -81,8 +51,8 @@ def cell(k: int, n: int) -> str:
 rows = []
 for style in args.styles.split(","):
     sizes = [int(n) for n in args.n.split(",")]
-    items = style_items(style, max(sizes) + args.test)
-    test = folder(items[max(sizes):max(sizes) + args.test], work / style / "test")
+    items = style_items(style, max(sizes) + args.test, work, args.seed, args.real)
+    test = labelled_folder(items[max(sizes):max(sizes) + args.test], work / style / "test")
     alphabet = "".join(sorted({c for _, label in items for c in label}))
     zero = {}
     if (ROOT / "captcha_lit" / "pretrained" / "general.ckpt").is_file():
@@ -93,16 +63,17 @@ for style in args.styles.split(","):
     if not args.no_ddddocr:
         import ddddocr
         ocr = ddddocr.DdddOcr(show_ad=False)
-        zero["ddddocr"] = sum(ocr.classification((test / f).read_bytes()) == label
+        zero["ddddocr"] = sum(ocr.classification((test / f).read_bytes()).lower() == label.lower()  # case-folded
                               for f, label in (r for r in csv.reader(open(test / "annotations.csv")) if r[0] != "filename"))
     for n in sizes:
-        train = folder(items[:n], work / style / f"train{n}")
+        train = labelled_folder(items[:n], work / style / f"train{n}")
         for start in args.starts.split(","):
-            init = {"scratch": "null", "general": "pretrained:general"}.get(start, start)
+            # scratch: experiment=auto_scratch; general: experiment=auto (the packaged general reader); a path: auto from it
+            recipe = ["experiment=auto_scratch"] if start == "scratch" else \
+                ["experiment=auto"] + ([] if start == "general" else [f"init_from={start}"])
             run = work / style / ("run%d-%s" % (n, re.sub(r"[^\w]", "_", start)))
             began = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=auto", f"data.root={train}",
-                            f"init_from={init}", f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false",
+            subprocess.run([sys.executable, str(ROOT / "train.py"), *recipe, f"data.root={train}", f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false",
                             "trainer.enable_progress_bar=false", *args.overrides], check=True, capture_output=True)
             wall = time.perf_counter() - began
             subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt={run}", f"data_dir={test}",

@@ -205,6 +205,19 @@ def test_the_test_split_stays_when_validation_is_dropped():
     assert sorted([*final_train]) == sorted([*train, *val])  # and trains on what validation held
 
 
+def test_folds_test_on_disjoint_slices_that_cover_the_folder_and_never_train_on_them():
+    n, tests = 103, []
+    for fold in range(5):
+        train, val, test = split(n, 0.15, 3, test_fraction=0.2, fold=fold)
+        assert len(test) == (21 if fold < 4 else 19) and len(val) == 15 and not set(test) & (set(train) | set(val))
+        assert sorted([*train, *val, *test]) == list(range(n))
+        tests.append(set(test))
+    assert set().union(*tests) == set(range(n))  # disjoint slices (21 + 21 + 21 + 21 + 19) that cover the folder
+    assert list(split(n, 0.15, 3, 0.2, fold=0)[2]) == list(split(n, 0.15, 3, 0.2)[2])  # fold 0: the usual split
+    with pytest.raises(CaptchaError, match=r"data.fold=4: .* makes 4 folds \(0 to 3\)"):
+        split(n, 0.15, 3, test_fraction=0.25, fold=4)
+
+
 def test_an_epoch_pixel_budget_draws_fewer_images_of_larger_sizes(tmp_path):
     root = make_named_folder(tmp_path / "d", 10, 4, DIGITS, 100, 40)
     sizes = {}

@@ -1,16 +1,20 @@
 """The general reader's parts: the many-style renderer, a CTC head carried to another alphabet,
-zero-shot reading narrowed to some characters, and a pretraining that survives an interruption."""
+zero-shot reading narrowed to some characters, a pretraining that survives an interruption, and
+experiment=auto starting from the packaged reader."""
 import numpy as np
 import pytest
 import torch
 
+from captcha_lit.commands.train import train
 from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
 from captcha_lit.reading.reader import CaptchaReader, restriction
 from captcha_lit.data.render import Renderer
 from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.styles import font_pool
+from captcha_lit.model.packaged import model_path
 from captcha_lit.model.warm_start import ctc_rows, start_from
+from tests.helpers import compose_cfg, make_named_folder
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TINY_CTC = dict(head="ctc", widths=[16, 16, 32, 32], strides=[2, 2, 2, [2, 1]])
@@ -81,7 +85,7 @@ def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
 
 def test_the_packaged_general_reader_reads_unseen_captchas_zero_shot_narrowed_to_digits(tmp_path):
     from captcha_lit.commands.predict import predict
-    from tests.helpers import compose_cfg, write_csv
+    from tests.helpers import write_csv
     renderer = Renderer(160, 60, 4, "0123456789")  # the captcha package's own style, at its own size
     images, labels = zip(*(renderer.render(sample_rng(11, "zero-shot", i)) for i in range(40)))
     from PIL import Image
@@ -114,3 +118,21 @@ def test_fresh_train_renders_new_images_every_epoch():
         seen.append(dm.train_set.images.copy())
     assert not np.array_equal(seen[0], seen[1]) and np.array_equal(seen[1], seen[2])
     assert not np.array_equal(seen[1], seen[3])
+
+
+def test_auto_starts_from_the_general_reader_with_its_rows_of_the_users_characters(tmp_path, capsys):
+    data = make_named_folder(tmp_path / "site", 20, 4, "0123abc", 96, 40)
+    cfg = compose_cfg("train", ["experiment=auto", f"data.root={data}", "trainer=cpu", "trainer.max_steps=1",
+                                "test=false", "data.num_workers=0", "int8=false", "trainer.enable_progress_bar=false"],
+                      tmp_path / "run")
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "general.ckpt: 128 of 128 weights loaded; CTC head: 7 characters kept" in out
+    general = torch.load(model_path("pretrained:general"), weights_only=True)["state_dict"]
+    mine = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert mine["net.heads.weight"].shape == (8, 192)  # the blank and 0123abc
+    # a step of fine-tuning later, each row is still nearest to the general reader's row of its character
+    old_rows = general["net.heads.weight"].float()
+    for i, c in enumerate("0123abc"):
+        row = ALNUM.index(c) + 1
+        assert (old_rows - mine["net.heads.weight"][i + 1].float()).norm(dim=1).argmin() == row

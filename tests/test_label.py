@@ -42,9 +42,9 @@ def guessing_seven(path):
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": state}, path)
 
 
-def start(folder, ckpt):
+def start(folder, ckpt, *extra):
     proc = subprocess.Popen([sys.executable, "-c", "from captcha_lit.commands.cli import label; label()",
-                             f"data_dir={folder}", f"ckpt={ckpt}", "port=0", "precision=32"],
+                             f"data_dir={folder}", f"ckpt={ckpt}", "port=0", "precision=32", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert "labelling" in line, line + proc.stderr.read()
@@ -115,3 +115,23 @@ def test_twenty_images_labelled_by_keyboard_across_a_server_kill(tmp_path, brows
             assert refused.value.code == 404, sneaky
     finally:
         proc.kill()
+
+
+def test_alphabet_narrows_the_guesses_to_the_sites_characters(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(3):
+        ImageCaptcha(72, 72).generate_image(str(i)).save(folder / f"img{i}.png")
+    guessing_seven(tmp_path / "seven.ckpt")
+    proc, url = start(folder, tmp_path / "seven.ckpt", "alphabet='0123'")  # a site without 7s
+    try:
+        for _ in range(100):
+            got = json.load(urllib.request.urlopen(url + "/api/items"))
+            if not got["summary"]["guessing"]:
+                break
+            time.sleep(0.1)
+        guesses = [item["guess"] for item in got["items"]]
+        assert len(guesses) == 3 and all(g in ("0", "1", "2", "3") for g in guesses), guesses
+    finally:
+        proc.kill()
+        proc.wait(10)

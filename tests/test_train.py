@@ -161,7 +161,7 @@ def test_compiled_training_saves_plain_weights(tmp_path):
 
 def test_auto_task_is_inferred_printed_and_recorded(tmp_path, capsys):
     data = make_named_folder(tmp_path / "my-captchas", 30, [3, 5], "0123456789ABCxyz", 120, 40)
-    cfg = compose_cfg("train", ["experiment=auto", f"data.root={data}", "trainer=cpu", "trainer.max_steps=2",
+    cfg = compose_cfg("train", ["experiment=auto_scratch", f"data.root={data}", "trainer=cpu", "trainer.max_steps=2",
                                 "test=false"] + TINY, tmp_path / "run")
     train(cfg)
     out = capsys.readouterr().out
@@ -182,7 +182,7 @@ def test_auto_task_is_inferred_printed_and_recorded(tmp_path, capsys):
 def test_auto_task_on_square_images_trains(tmp_path, capsys):
     # 100x100 images of 5 characters would fit 160x48 as 48x48: 6 CTC columns, too few for 5 characters
     data = make_named_folder(tmp_path / "square", 20, 5, "0123456789", 100, 100)
-    cfg = compose_cfg("train", ["experiment=auto", f"data.root={data}", "trainer=cpu", "trainer.max_steps=1",
+    cfg = compose_cfg("train", ["experiment=auto_scratch", f"data.root={data}", "trainer=cpu", "trainer.max_steps=1",
                                 "test=false"] + TINY, tmp_path / "run")
     train(cfg)
     assert "images of 100x100 scaled to 80x48" in capsys.readouterr().out

@@ -79,6 +79,7 @@ SCHEMA = {
         ("data.synthetic_ratio", number(lo=0)), ("data.real_fraction", number(above=0, hi=1, null=True)),
         ("data.val_fraction", (number(above=0, below=1)[0], "a number above 0 and below 1 (final=true trains "
                                                             "without it)")), ("data.test_fraction", number(lo=0, below=1)),
+        ("data.fold", whole(0)),
         ("data.num_workers", whole(0, null=True)), ("data.materialize", boolean()), ("data.fresh_train", boolean()),
         ("trainer.max_epochs", (lambda v: v is None or v == -1 or whole(1)[0](v), "a whole number of at least 1 "
                                 "(-1 or null: no end)")), ("trainer.max_steps", whole(-1)),
@@ -98,7 +99,7 @@ SCHEMA = {
               ("body_timeout_s", number(above=0)), ("queue_size", whole(1)), ("max_batch", whole(1)), *READING],
     "label": [("data_dir", text()), ("ckpt", (lambda v: v is None or models()[0](v), models()[1] + ", auto or null")),
               ("order", choice("listed", "confidence", "disagree")), ("port", whole(0, 65535)), ("host", text()),
-              *READING],
+              ("fold_case", boolean()), *READING],
     "generate": [("out", text()), ("seed", whole()), ("num_workers", whole(0, null=True)), ("font_sizes", sizes())],
 }
 

@@ -34,7 +34,7 @@ class CaptchaDataModule(pl.LightningDataModule):
                  synthetic_ratio: float = 0.0, real_fraction: float | None = None, epoch_size: int | None = None,
                  epoch_pixels: int | None = None,
                  val_fraction: float = 0.15,
-                 test_fraction: float = 0.0, batch_size: int = 128, seed: int = 0, materialize: bool = True,
+                 test_fraction: float = 0.0, fold: int = 0, batch_size: int = 128, seed: int = 0, materialize: bool = True,
                  cache_dir: str | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
                  font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False):
         super().__init__()
@@ -46,6 +46,7 @@ class CaptchaDataModule(pl.LightningDataModule):
             epoch_size = max(1, round(epoch_pixels / (self.task.width * self.task.height)))
         self.synthetic_ratio, self.real_fraction, self.epoch_size = synthetic_ratio, real_fraction, epoch_size
         self.val_fraction, self.test_fraction, self.batch_size, self.seed = val_fraction, test_fraction, batch_size, seed
+        self.fold = fold
         self.materialize, self.cache_dir = materialize, cache_dir
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.num_workers = os.cpu_count() if num_workers is None else num_workers
@@ -85,7 +86,7 @@ class CaptchaDataModule(pl.LightningDataModule):
         if other:
             log.warning(f"{self.root}: {other} of {len(items)} images are not {self.task.width}x{self.task.height}; "
                         f"they are resized")
-        train_idx, val_idx, test_idx = split(len(items), self.val_fraction, self.seed, self.test_fraction)
+        train_idx, val_idx, test_idx = split(len(items), self.val_fraction, self.seed, self.test_fraction, self.fold)
         if len(train_idx) == 0:
             raise CaptchaError(f"{self.root}: {len(items)} usable {self.task.name} image(s) leave none to train on after "
                                f"the validation split: add images or lower data.val_fraction={self.val_fraction}")

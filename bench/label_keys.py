@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Keys per image for labelling with captcha-label, as if a person typed the true labels.
+
+    python bench/label_keys.py --style task3 --real PATH/captcha-hacker-2022 [--n 300] [--first 100] \
+        [--alphabet digits+lower] [--fold-case]
+
+The page types the reader's guess in and selects it: a right guess costs one key (Enter), a
+wrong one is typed over (the label's characters, then Enter). Without a reader every label is
+typed. Over the style's first --n images (bench/sets.py draws them as bench/fewshot.py does) it
+counts the keys with the packaged general reader's guesses, and for the loop the README shows:
+the general reader's guesses for the first --first images, `python train.py experiment=auto` on
+them, then that reader's guesses for the rest. --alphabet and --fold-case are captcha-label's own
+options (the characters the site uses).
+"""
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from captcha_lit.reading.reader import CaptchaReader
+from sets import labelled_folder, style_items
+
+ROOT = Path(__file__).resolve().parents[1]
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--style", default="task3", help="plain, claptcha, wheezy, multicolor, task1, task2 or task3")
+parser.add_argument("--real", help="the competition's labelled folder, for styles task1, task2, task3")
+parser.add_argument("--n", type=int, default=300, help="images to label")
+parser.add_argument("--first", type=int, default=100, help="labelled before training the style's own reader")
+parser.add_argument("--alphabet", default=None, help="captcha-label's alphabet=: the characters to guess")
+parser.add_argument("--fold-case", action="store_true")
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+work = Path(tempfile.mkdtemp(prefix="label-keys-"))
+
+
+def keys(guesses, labels) -> list[int]:
+    """Enter for a right guess; the label typed over a wrong one, then Enter."""
+    return [1 if g == t else len(t) + 1 for g, t in zip(guesses, labels)]
+
+
+def guesses(model, paths) -> list[str]:
+    reader = CaptchaReader.from_checkpoint(model, allowed=args.alphabet, fold_case=args.fold_case)
+    return reader.predict(paths)[0]
+
+
+items = style_items(args.style, args.n, work, args.seed, args.real)
+paths, labels = [p for p, _ in items], [label for _, label in items]
+typed = keys([None] * len(labels), labels)
+general = keys(guesses("pretrained:general", paths), labels)
+
+began = time.perf_counter()
+run = work / "run"
+subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=auto", f"data.root={labelled_folder(items[:args.first], work / 'first')}",
+                f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false", "trainer.enable_progress_bar=false"],
+               check=True, capture_output=True)
+trained = time.perf_counter() - began
+loop = general[:args.first] + keys(guesses(run / "checkpoints" / "last.ckpt", paths[args.first:]), labels[args.first:])
+
+
+def line(name, k):
+    right = sum(x == 1 for x in k)
+    return f"| {name} | {sum(k) / len(k):.2f} | {right / len(k):.3f} | {sum(k)} |"
+
+
+print(f"\n{args.style}: {len(labels)} images, alphabet={args.alphabet}, fold_case={args.fold_case}; "
+      f"the reader of the first {args.first} trained in {trained:.0f} s")
+print("| guesses | keys per image | guesses accepted | keys |\n|---|---|---|---|")
+print(line("none (every label typed)", typed))
+print(line("general reader", general))
+print(line(f"general reader, then experiment=auto on the first {args.first}", loop))
