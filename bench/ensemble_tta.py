@@ -34,12 +34,12 @@ args = parser.parse_args()
 
 
 configs = [OmegaConf.load(run / "config.yaml") for run in args.runs]
-keys = [(c.data.root, c.data.seed, c.data.test_fraction, dict(c.task)) for c in configs]
+keys = [(c.data.root, c.data.seed, c.data.test_fraction, c.data.get("fold"), dict(c.task)) for c in configs]
 assert keys[0] == keys[1] and configs[0].data.test_fraction > 0, "the runs must share data.root, seed and a test split"
 cfg = configs[0]
 task = from_config(cfg.task)
 items = read_labelled(cfg.data.root, task)
-_, _, test = split(len(items), cfg.data.val_fraction, cfg.data.seed, cfg.data.test_fraction)
+_, _, test = split(len(items), cfg.data.val_fraction, cfg.data.seed, cfg.data.test_fraction, cfg.data.get("fold"))
 images = np.stack([load_image(items[i][0], task.width, task.height) for i in test])
 labels = [items[i][1] for i in test]
 ckpts = [run_checkpoint(run) for run in args.runs]

@@ -37,6 +37,13 @@ parser.add_argument("--no-ddddocr", action="store_true")
 parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 args = parser.parse_args()
 work = Path(tempfile.mkdtemp(prefix="fewshot-"))
+def call(*command):
+    """Runs a train.py or predict.py command; its output is shown only when it fails."""
+    done = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(map(str, command))} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
 def exact(predictions: Path, test: Path) -> int:
     with open(predictions) as f, open(test / "annotations.csv") as g:
         got = {r["filename"]: r["label"] for r in csv.DictReader(f)}
@@ -56,9 +63,8 @@ for style in args.styles.split(","):
     alphabet = "".join(sorted({c for _, label in items for c in label}))
     zero = {}
     if (ROOT / "captcha_lit" / "pretrained" / "general.ckpt").is_file():
-        subprocess.run([sys.executable, str(ROOT / "predict.py"), "ckpt=pretrained:general", f"data_dir={test}",
-                        f"output={work / style / 'zero.csv'}", f"alphabet='{alphabet}'", "progress=false"], check=True,
-                       capture_output=True)
+        call(ROOT / "predict.py", "ckpt=pretrained:general", f"data_dir={test}", f"output={work / style / 'zero.csv'}",
+             f"alphabet='{alphabet}'", "progress=false")
         zero["general"] = exact(work / style / "zero.csv", test)
     if not args.no_ddddocr:
         import ddddocr
@@ -73,11 +79,10 @@ for style in args.styles.split(","):
                 ["experiment=auto"] + ([] if start == "general" else [f"init_from={start}"])
             run = work / style / ("run%d-%s" % (n, re.sub(r"[^\w]", "_", start)))
             began = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "train.py"), *recipe, f"data.root={train}", f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false",
-                            "trainer.enable_progress_bar=false", *args.overrides], check=True, capture_output=True)
+            call(ROOT / "train.py", *recipe, f"data.root={train}", f"seed={args.seed}", f"hydra.run.dir={run}", "int8=false",
+                 "trainer.enable_progress_bar=false", *args.overrides)
             wall = time.perf_counter() - began
-            subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt={run}", f"data_dir={test}",
-                            f"output={run / 'test.csv'}", "progress=false"], check=True, capture_output=True)
+            call(ROOT / "predict.py", f"ckpt={run}", f"data_dir={test}", f"output={run / 'test.csv'}", "progress=false")
             k = exact(run / "test.csv", test)
             rows.append((style, n, start, cell(k, args.test), f"{wall:.0f} s",
                          cell(zero["general"], args.test) if "general" in zero else "-",

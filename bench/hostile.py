@@ -686,6 +686,7 @@ TRAIN_SETTINGS = [
     ("data.epoch_size", "lots", "0", ["FOLDER"]), ("data.epoch_pixels", "1e9x", "0", ["FOLDER"]),
     ("data.synthetic_ratio", "half", "-1", ["FOLDER"]), ("data.real_fraction", "half", "1.5", ["MIXED"]),
     ("data.val_fraction", "tenth", "1", ["FOLDER"]), ("data.test_fraction", "x", "1", ["FOLDER"]),
+    ("data.fold", "first", "-1", ["FOLDER"]),
     ("data.num_workers", "two", "-1", []), ("data.materialize", "perhaps", "3", []),
     ("+data.fresh_train", "perhaps", "3", []),
     ("trainer.max_epochs", "forever", "0", []), ("trainer.max_steps", "x", "-2", []),
@@ -708,7 +709,7 @@ SERVE_SETTINGS = [("ckpt", "123", "[]"), ("port", "http", "70000"), ("host", "5"
                   ("timeout_s", "x", "0"), ("body_timeout_s", "x", "-1"), ("queue_size", "x", "0"),
                   ("max_batch", "x", "0"), ("device", "5", "tpu"), ("precision", "[32]", "fp8")]
 LABEL_SETTINGS = [("data_dir", "5", "''"), ("ckpt", "123", "[]"), ("order", "3", "random"), ("port", "http", "70000"),
-                  ("host", "5", "''"), ("device", "5", "tpu"), ("precision", "[32]", "fp8")]
+                  ("host", "5", "''"), ("device", "5", "tpu"), ("precision", "[32]", "fp8"), ("fold_case", "on", "1")]
 GENERATE_SETTINGS = [("out", "5", "''"), ("seed", "abc", "1.5"), ("num_workers", "two", "-1")]
 
 

@@ -48,7 +48,7 @@ for task in args.tasks.split(","):
         print(f"{task} fold {fold}: {round(score * n)}/{n} = {score:.4f} in {walls[-1]:.0f} s", flush=True)
     lo, hi = wilson(right, total)
     table.append(f"| {task} | {args.folds} | {right}/{total} = **{right / total:.4f}** [{lo:.4f}, {hi:.4f}] | "
-                 f"{min(scores):.4f} - {max(scores):.4f} | {sum(walls) / len(walls):.0f} s |")
+                 f"{sum(scores) / len(scores):.4f} ({min(scores):.4f} - {max(scores):.4f}) | {sum(walls) / len(walls):.0f} s |")
 
-print(f"\n| task | folds | read right over all folds [95 %] | folds' range | wall time per fold |\n|---|---|---|---|---|")
+print(f"\n| task | folds | read right over all folds [95 %] | mean of the folds (range) | wall time per fold |\n|---|---|---|---|---|")
 print("\n".join(table))

@@ -205,17 +205,30 @@ def test_the_test_split_stays_when_validation_is_dropped():
     assert sorted([*final_train]) == sorted([*train, *val])  # and trains on what validation held
 
 
-def test_folds_test_on_disjoint_slices_that_cover_the_folder_and_never_train_on_them():
-    n, tests = 103, []
+@pytest.mark.parametrize("n", [101, 103])
+def test_folds_test_on_disjoint_slices_that_cover_the_folder_and_never_train_on_them(n):
+    tests = []
     for fold in range(5):
         train, val, test = split(n, 0.15, 3, test_fraction=0.2, fold=fold)
-        assert len(test) == (21 if fold < 4 else 19) and len(val) == 15 and not set(test) & (set(train) | set(val))
+        assert len(test) in (20, 21) and len(val) == 15 and not set(test) & (set(train) | set(val))
         assert sorted([*train, *val, *test]) == list(range(n))
         tests.append(set(test))
-    assert set().union(*tests) == set(range(n))  # disjoint slices (21 + 21 + 21 + 21 + 19) that cover the folder
-    assert list(split(n, 0.15, 3, 0.2, fold=0)[2]) == list(split(n, 0.15, 3, 0.2)[2])  # fold 0: the usual split
-    with pytest.raises(CaptchaError, match=r"data.fold=4: .* makes 4 folds \(0 to 3\)"):
+    assert set().union(*tests) == set(range(n)) and sum(map(len, tests)) == n  # disjoint, and every image tested once
+    with pytest.raises(CaptchaError, match=r"data.fold=4: data.test_fraction=0.25 makes 4 folds \(0 to 3\)"):
         split(n, 0.15, 3, test_fraction=0.25, fold=4)
+    with pytest.raises(CaptchaError, match="data.fold=0: data.test_fraction=0.0 makes 0 folds: set data.test_fraction=0.2 for 5"):
+        split(n, 0.15, 3, fold=0)
+
+
+def test_the_datamodule_tests_on_its_fold(tmp_path):
+    root = make_named_folder(tmp_path / "d", 20, 4, DIGITS, 60, 30)
+    tests = []
+    for fold in (0, 1):
+        dm = CaptchaDataModule(Task("d", 4, DIGITS, 60, 30).config(), root=str(root), num_workers=0, val_fraction=0.2,
+                               test_fraction=0.5, fold=fold, materialize=False)
+        dm.setup("test")
+        tests.append({str(path) for path, _ in dm.test_set.items})
+    assert len(tests[0]) == len(tests[1]) == 10 and not tests[0] & tests[1]
 
 
 def test_an_epoch_pixel_budget_draws_fewer_images_of_larger_sizes(tmp_path):

@@ -1,5 +1,5 @@
-"""captcha-label in a real browser: the system's headless Chromium, driven by Selenium, labels
-twenty images by keyboard while the server is killed and started again."""
+"""captcha-label over real HTTP: in a real browser (the system's headless Chromium, driven by
+Selenium) it labels twenty images by keyboard while the server is killed and started again."""
 import csv
 import json
 import os
@@ -14,20 +14,16 @@ import urllib.request
 import pytest
 import torch
 from captcha.image import ImageCaptcha
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 from captcha_lit.model.module import CaptchaModule
 
 from .helpers import module_args
 
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-if not (CHROMIUM and DRIVER):  # CI installs both (.ci/run); elsewhere: apt-get install chromium chromium-driver
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must have chromium and chromedriver for the browser test")
-    pytest.skip("no chromium/chromedriver on this machine", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 TRUTH = ["7" if i % 2 == 0 else str((3 * i) % 7) for i in range(20)]  # even images are 7s: the guess is right
 
@@ -58,6 +54,10 @@ def rows(folder):
 
 @pytest.fixture
 def browser():
+    if not (CHROMIUM and DRIVER):  # CI installs both (.ci/run); elsewhere: apt-get install chromium chromium-driver
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must have chromium and chromedriver for the browser test")
+        pytest.skip("no chromium/chromedriver on this machine")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -135,3 +135,24 @@ def test_alphabet_narrows_the_guesses_to_the_sites_characters(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+class LowerCaseReader:
+    """A reader with fold_case=true: its guesses are lower case."""
+    fold_case, source = True, "stub"
+
+    def predict(self, paths):
+        return ["ab", "zz"][:len(paths)], [0.9] * len(paths)
+
+
+def test_disagree_order_ignores_case_when_the_guesses_are_folded(tmp_path):
+    from captcha_lit.web.label import Labels
+
+    for name in ("a.png", "b.png"):
+        ImageCaptcha(72, 72).generate_image("x").save(tmp_path / name)
+    (tmp_path / "annotations.csv").write_text("filename,label\na.png,AB\nb.png,xy\n")
+    labels = Labels(tmp_path, LowerCaseReader(), order="disagree")
+    labels.reading.run()
+    assert [r["name"] for r in labels.items()] == ["b.png", "a.png"]  # b.png's label disagrees; a.png's only by case
+    labels.reader.fold_case = False
+    assert [r["guess"] for r in labels.items()] == ["ab", "zz"]  # both disagree now: listed order

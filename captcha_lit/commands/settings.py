@@ -79,7 +79,7 @@ SCHEMA = {
         ("data.synthetic_ratio", number(lo=0)), ("data.real_fraction", number(above=0, hi=1, null=True)),
         ("data.val_fraction", (number(above=0, below=1)[0], "a number above 0 and below 1 (final=true trains "
                                                             "without it)")), ("data.test_fraction", number(lo=0, below=1)),
-        ("data.fold", whole(0)),
+        ("data.fold", whole(0, null=True)),
         ("data.num_workers", whole(0, null=True)), ("data.materialize", boolean()), ("data.fresh_train", boolean()),
         ("trainer.max_epochs", (lambda v: v is None or v == -1 or whole(1)[0](v), "a whole number of at least 1 "
                                 "(-1 or null: no end)")), ("trainer.max_steps", whole(-1)),

@@ -34,7 +34,7 @@ class CaptchaDataModule(pl.LightningDataModule):
                  synthetic_ratio: float = 0.0, real_fraction: float | None = None, epoch_size: int | None = None,
                  epoch_pixels: int | None = None,
                  val_fraction: float = 0.15,
-                 test_fraction: float = 0.0, fold: int = 0, batch_size: int = 128, seed: int = 0, materialize: bool = True,
+                 test_fraction: float = 0.0, fold: int | None = None, batch_size: int = 128, seed: int = 0, materialize: bool = True,
                  cache_dir: str | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
                  font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False):
         super().__init__()

@@ -114,23 +114,23 @@ def concat(datasets: list[Dataset]) -> Dataset:
     return torch.utils.data.ConcatDataset(datasets)
 
 
-def split(n: int, val_fraction: float, seed: int, test_fraction: float = 0.0, fold: int = 0):
+def split(n: int, val_fraction: float, seed: int, test_fraction: float = 0.0, fold: int | None = None):
     """Train, validation and test indices of range(n), fixed by the seed. The test split is drawn
     first, so it stays the same whatever val_fraction is (a final training with val_fraction=0
     is tested on the same images as the run that chose its schedule). A fraction above 0 takes at
-    least one image; 0 takes none. Fold k tests on the k-th slice of the same shuffle: the folds
-    0 .. 1 / test_fraction - 1 test on disjoint images (k-fold cross-validation)."""
+    least one image; 0 takes none. With a fold k: k-fold cross-validation, K = 1 / test_fraction
+    folds of the same shuffle, fold k testing on the k-th of K near-equal slices (disjoint, all
+    of range(n) over the K folds)."""
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    if fold:  # fold k's test slice first (the last fold may be shorter)
-        folds = -(-n // n_test) if n_test else 0
-        if fold >= folds:
-            raise CaptchaError(f"data.fold={fold}: data.test_fraction={test_fraction} of {n} images makes "
-                               f"{folds} folds" + (f" (0 to {folds - 1})" if folds else ""))
-        start = fold * n_test
-        n_test = min(n_test, n - start)
-        order = np.concatenate([order[start:start + n_test], order[:start], order[start + n_test:]])
+    if fold is not None:
+        folds = round(1 / test_fraction) if test_fraction > 0 else 0
+        if not 0 <= fold < folds:
+            raise CaptchaError(f"data.fold={fold}: data.test_fraction={test_fraction} makes {folds} folds"
+                               + (f" (0 to {folds - 1})" if folds else ": set data.test_fraction=0.2 for 5"))
+        start, end = round(fold * n / folds), round((fold + 1) * n / folds)
+        order, n_test = np.concatenate([order[start:end], order[:start], order[end:]]), end - start
     return np.sort(order[n_test + n_val:]), np.sort(order[n_test:n_test + n_val]), np.sort(order[:n_test])
 
 

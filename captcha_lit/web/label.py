@@ -82,7 +82,9 @@ class Labels:
         if self.order == "confidence" and ready:  # least confident first: where the reader needs a person most
             rows.sort(key=lambda r: r["confidence"] if r["confidence"] is not None else -1)
         elif self.order == "disagree" and ready:  # labels the reader reads otherwise first: likely typos
-            rows.sort(key=lambda r: not (r["label"] is not None and r["guess"] is not None and r["label"] != r["guess"]))
+            fold = str.lower if self.reader.fold_case else str  # lower-case guesses disagree with no label by case alone
+            rows.sort(key=lambda r: not (r["label"] is not None and r["guess"] is not None
+                                         and fold(r["label"]) != r["guess"]))
         return rows
 
     def summary(self) -> dict:
