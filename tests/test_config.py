@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from captcha_lit.data.datamodule import CaptchaDataModule
 from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
+from captcha_lit.model.packaged import model_path
 from captcha_lit.data.tasks import preset
 
 from tests.helpers import CONF, TINY, compose_cfg, make_folder, module_args
@@ -134,6 +135,20 @@ def test_report_recipes():
     cfg = compose_cfg("train", ["task=task3"])
     assert (cfg.data.task.width, cfg.data.task.height, cfg.model.task.length) == (96, 72, 4)
     assert cfg.model.task.alphabet == "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def test_auto_fine_tunes_the_general_reader_and_auto_scratch_keeps_the_from_scratch_recipe():
+    auto = compose_cfg("train", ["experiment=auto", "data.root=DIR"])
+    scratch = compose_cfg("train", ["experiment=auto_scratch", "data.root=DIR"])
+    general = torch.load(model_path("pretrained:general"), weights_only=True)["hyper_parameters"]
+    assert auto.init_from == "pretrained:general" and scratch.init_from is None
+    # the general reader's network and size, so that every weight loads and it reads as it was trained
+    assert (list(auto.model.widths), auto.task.width, auto.task.height) == \
+        (general["widths"], general["width"], general["height"])
+    assert list(scratch.model.widths) == [32, 64, 96, 128] and scratch.task.width is None and scratch.task.height is None
+    assert scratch.trainer.max_epochs > auto.trainer.max_epochs and scratch.optimizer.lr == 2e-3
+    for cfg in (auto, scratch):
+        assert cfg.task.name == "auto" and cfg.model.head == "ctc" and cfg.callbacks.model_checkpoint is None
 
 
 def test_the_default_is_the_quickstart_experiment_for_any_task():

@@ -59,3 +59,9 @@ def test_inference_from_labels_and_sizes():
     # values given in the config win over the inferred ones
     task, _ = infer_task(["abcd"] * 3, Counter({(100, 40): 3}), "mine", {"alphabet": ALPHANUMERIC, "length": 4})
     assert task.alphabet == ALPHANUMERIC and task.length == 4 and task.width == 100
+    # a size given (experiment=auto reads at the general reader's 128x48) is said, and so is one too narrow
+    task, line = infer_task(["abcd"] * 3, Counter({(96, 72): 3}), "mine", {"width": 128, "height": 48})
+    assert (task.width, task.height) == (128, 48) and line.endswith("images of 96x72 scaled to 128x48")
+    _, line = infer_task(["abcdefghij"] * 3, Counter({(300, 50): 3}), "mine", {"width": 128, "height": 48})
+    assert "task.width=128 leaves under 16 pixels a character for 10 characters: CTC may not fit them; " \
+           "task.width=160 would" in line

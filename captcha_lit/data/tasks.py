@@ -132,8 +132,11 @@ def infer_task(labels: list[str], sizes: Counter, name: str, given: dict) -> tup
     task = Task(name=given.get("name") or name, length=length, alphabet=alphabet, width=width, height=height,
                 lowercase=lowercase)
     notes = []
-    if (width, height) != (w, h) and not (given.get("width") or given.get("height")):
+    if (width, height) != (w, h):
         notes.append(f"images of {w}x{h} scaled to {width}x{height}")
+    if width < room:
+        notes.append(f"task.width={width} leaves under {MIN_WIDTH_PER_CHAR} pixels a character for {length_range(length)[1]} "
+                     f"characters: CTC may not fit them; task.width={room} would")
     if len(sizes) > 1:
         notes.append(f"{sum(sizes.values()) - sizes[(w, h)]} images of other sizes resized")
     return task, f"task=auto: {task.describe()} from {len(labels)} labelled images" + "".join(f"; {n}" for n in notes)
