@@ -10,7 +10,7 @@ on, trains a reader from each start (scratch: `experiment=auto_scratch`; general
 fine-tunes the packaged general reader; or a checkpoint path, `experiment=auto init_from=PATH`: a general reader pretrained
 without that style, for the leave-one-style-out rows), and prints exact match with its 95 %
 Wilson interval and the fine-tuning wall time (start-up included). The general reader zero-shot
-(`predict.py ckpt=pretrained:general`, decoding narrowed to the style's characters) and
+(`predict.py ckpt=pretrained:general`, or --zero-shot CKPT; decoding narrowed to the style's characters) and
 ddddocr 1.6.1 zero-shot read the same test images. The last lines are a markdown table.
 """
 import argparse
@@ -33,6 +33,7 @@ parser.add_argument("--starts", default="scratch,general", help="scratch, genera
 parser.add_argument("--real", help="the competition's labelled folder, for styles task1, task2, task3")
 parser.add_argument("--test", type=int, default=200, help="new images of each style to score on")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--zero-shot", default="pretrained:general", help="the general reader read zero-shot (a checkpoint path: a candidate)")
 parser.add_argument("--no-ddddocr", action="store_true")
 parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
 args = parser.parse_args()
@@ -62,8 +63,8 @@ for style in args.styles.split(","):
     test = labelled_folder(items[max(sizes):max(sizes) + args.test], work / style / "test")
     alphabet = "".join(sorted({c for _, label in items for c in label}))
     zero = {}
-    if (ROOT / "captcha_lit" / "pretrained" / "general.ckpt").is_file():
-        call(ROOT / "predict.py", "ckpt=pretrained:general", f"data_dir={test}", f"output={work / style / 'zero.csv'}",
+    if args.zero_shot != "pretrained:general" or (ROOT / "captcha_lit" / "pretrained" / "general.ckpt").is_file():
+        call(ROOT / "predict.py", f"ckpt={args.zero_shot}", f"data_dir={test}", f"output={work / style / 'zero.csv'}",
              f"alphabet='{alphabet}'", "progress=false")
         zero["general"] = exact(work / style / "zero.csv", test)
     if not args.no_ddddocr:
@@ -71,7 +72,8 @@ for style in args.styles.split(","):
         ocr = ddddocr.DdddOcr(show_ad=False)
         zero["ddddocr"] = sum(ocr.classification((test / f).read_bytes()).lower() == label.lower()  # case-folded
                               for f, label in (r for r in csv.reader(open(test / "annotations.csv")) if r[0] != "filename"))
-    for n in sizes:
+    print(f"{style} zero-shot: " + ", ".join(f"{k} {cell(v, args.test)}" for k, v in zero.items()), flush=True)
+    for n in sizes if args.starts else []:  # --starts "": zero-shot only
         train = labelled_folder(items[:n], work / style / f"train{n}")
         for start in args.starts.split(","):
             # scratch: experiment=auto_scratch; general: experiment=auto (the packaged general reader); a path: auto from it

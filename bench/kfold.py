@@ -24,7 +24,7 @@ parser.add_argument("root", help="the competition's labelled folder")
 parser.add_argument("--tasks", default="task2,task3")
 parser.add_argument("--folds", type=int, default=5)
 parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
-args = parser.parse_args()
+args = parser.parse_intermixed_args()  # overrides may come after the options
 work = Path(tempfile.mkdtemp(prefix="kfold-"))
 
 table = []

@@ -91,7 +91,7 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
             if option == "auto":  # filled from the folder at the start of a run
                 assert cfg.task.length is None and cfg.task.alphabet is None
             else:
-                assert preset(option).config() == dict(cfg.task)
+                assert {**preset(option).config(), "narrow_alphabet": False} == dict(cfg.task)  # off unless a recipe sets it
                 # the model reads the task chosen (general's 1 to 8 characters: with a CTC head)
                 head = "ctc" if isinstance(preset(option).length, list) else "positions"
                 model = instantiate(cfg.model, head=head, _convert_="all")
@@ -195,6 +195,9 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path, capsys, cap
         (name[-5:], str(root), 2, "kaggle")
     assert (saved.optimizer._target_, saved.optimizer.lr, saved.model.label_smoothing, saved.init_from) == \
         ("torch.optim.AdamW", 1e-4, 0.1, None)
+    # task2 and task3 read only the characters of their 17 training and validation labels
+    assert saved.task.narrow_alphabet == (name != "kaggle_task1")
+    assert (len(saved.task.alphabet) < len(preset(name[-5:]).alphabet)) == (name != "kaggle_task1")
 
 
 def test_finetune_needs_a_checkpoint_and_starts_from_all_of_it(tmp_path, capsys):

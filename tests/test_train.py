@@ -1,5 +1,6 @@
 import csv
 import logging
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from captcha_lit.model.checkpoint import load_module
 from captcha_lit.model.packaged import pretrained
@@ -16,11 +18,12 @@ from captcha_lit.model.module import CaptchaModule
 from captcha_lit.reading.reader import CaptchaReader
 from captcha_lit.data.render import Renderer
 from captcha_lit.data.seeded import sample_rng
+from captcha_lit.data.datasets import split
 from captcha_lit.data.tasks import preset
 from captcha_lit.commands.train import train
 from captcha_lit.model.warm_start import start_from
 
-from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, module_args
+from tests.helpers import ROOT, TINY, compose_cfg, make_folder, make_named_folder, module_args, write_csv
 
 
 @pytest.mark.parametrize("task", ["task1", "task2", "task3"])
@@ -230,11 +233,16 @@ def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_pa
         def on_fit_start(self, trainer, module):
             seen.update({k: v.clone() for k, v in module.state_dict().items()})
 
-    train(cfg, callbacks=[Peek()])
+    score = train(cfg, callbacks=[Peek()])
     loaded = [k for k in seen if k in pretrained.state_dict() and seen[k].shape == pretrained.state_dict()[k].shape]
     assert "net.stem.0.weight" in loaded and all(torch.equal(seen[k], pretrained.state_dict()[k]) for k in loaded)
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("init_from="))
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("init_from="))
     assert f"{len(loaded)} of {len(seen)} weights loaded" in line and "starting fresh: net.heads" in line
+    # the start is scored on the validation split before training, beside the model kept
+    scores = re.search(rf"validation exact match: (\d\.\d{{4}}) before training \(init_from={re.escape(str(path))}\), "
+                       rf"(\d\.\d{{4}}) after", out)
+    assert scores and abs(float(scores.group(2)) - score) < 1e-4
 
     path.unlink()  # a resumed run continues from its own last.ckpt and no longer needs the file
     train(compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2"]), overrides=["trainer.max_epochs=2"])
@@ -285,24 +293,75 @@ def test_init_from_pretrained_starts_a_recipe_from_the_packaged_reader(tmp_path,
     assert cfg.init_from == "pretrained"
     train(cfg)
     n = len(CaptchaModule(**module_args("task3")).state_dict())
-    assert f"init_from={pretrained('task3')}: {n} of {n} weights loaded\n" in capsys.readouterr().out
+    alphabet = OmegaConf.load(tmp_path / "run" / "config.yaml").task.alphabet  # narrowed to the labels' characters
+    assert f"init_from={pretrained('task3')}: {n} of {n} weights loaded; per-position head: {len(alphabet)} characters " \
+           f"kept\n" in capsys.readouterr().out
     with pytest.raises(CaptchaError, match=r"pretrained:mine: captcha-lit ships pretrained readers for (general, )?task1, "
                                            r"task2, task3, not .mine.; give a checkpoint"):
         pretrained("mine")
 
 
-def test_init_from_starts_heads_of_another_alphabet_fresh(tmp_path, capsys):
-    """Heads of the same shape that name other characters (or the same ones in another order)
-    would load by shape alone and read every character as another one."""
+def test_init_from_maps_per_position_heads_of_another_alphabet_by_character(tmp_path, capsys):
+    """Heads of the same shape that name the same characters in another order would load by shape
+    alone and read every character as another one: each row goes to its own character, at each
+    position; a character the checkpoint never read starts fresh; another length starts fresh."""
     args = module_args("task2")
+    old = args["task"]["alphabet"]
     pretrained_module = CaptchaModule(**args, widths=[16, 16, 32, 32])
     path = tmp_path / "pre.ckpt"
     torch.save({"hyper_parameters": dict(pretrained_module.hparams), "state_dict": pretrained_module.state_dict()}, path)
-    run = CaptchaModule(task={**args["task"], "alphabet": args["task"]["alphabet"][::-1]}, widths=[16, 16, 32, 32])
+    new = "z9" + "0123456" + "X"  # reordered, narrowed, and one character it never read
+    run = CaptchaModule(task={**args["task"], "alphabet": new}, widths=[16, 16, 32, 32])
+    fresh = run.net.heads.weight.detach().clone()
     start_from(run, path)
-    assert "starting fresh: net.heads" in capsys.readouterr().out
-    assert not torch.equal(run.net.heads.weight, pretrained_module.net.heads.weight)
+    assert "per-position head: 9 characters kept, 'X' fresh" in capsys.readouterr().out
+    theirs, ours = pretrained_module.net.heads, run.net.heads
+    for p in range(2):
+        for i, c in enumerate(new):
+            row = p * len(new) + i
+            if c == "X":
+                assert torch.equal(ours.weight[row], fresh[row])
+            else:
+                assert torch.equal(ours.weight[row], theirs.weight[p * len(old) + old.index(c)])
+                assert torch.equal(ours.bias[row], theirs.bias[p * len(old) + old.index(c)])
     assert torch.equal(run.net.stem[0].weight, pretrained_module.net.stem[0].weight)
+    longer = CaptchaModule(task={**args["task"], "length": 3}, widths=[16, 16, 32, 32])
+    start_from(longer, path)
+    assert "starting fresh: net.heads" in capsys.readouterr().out
+
+
+def test_narrow_alphabet_reads_only_the_characters_of_the_labels(tmp_path, capsys, caplog):
+    """task.narrow_alphabet=true: the checkpoint reads the characters the folder's labels use (in
+    the task's order), every image is kept in its split (a label with a character only the test
+    split has still counts), and a start of the full alphabet (the packaged task2 reader) keeps
+    their rows."""
+    root = tmp_path / "d"
+    (root / "task2").mkdir(parents=True)
+    rows = []
+    for i in range(40):  # 0-5, and 'zz' in the first fold's test slice only
+        label = "zz" if i == 0 else f"{i % 6}{(i // 6) % 6}"
+        Image.new("RGB", (72, 72), (i * 5, 100, 200)).save(root / "task2" / f"{i:03d}.png")
+        rows.append((f"task2/{i:03d}.png", label))
+    write_csv(root, rows)
+    fold = next(k for k in range(5) if 0 in split(40, 0.15, 0, 0.2, k)[2])  # the fold that tests image 0
+    full_width = [o for o in TINY if not o.startswith("model.widths")]  # the packaged reader's widths
+    cfg = compose_cfg("train", ["task=task2", "data=folder", f"data.root={root}", "task.narrow_alphabet=true",
+                                "data.test_fraction=0.2", f"data.fold={fold}", "init_from=pretrained", "trainer=cpu"]
+                      + full_width, tmp_path / "run")
+    caplog.set_level(logging.INFO)
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "task.narrow_alphabet=true: task2 reads the 7 characters its 40 labels use, not " \
+           "'6789abcdefghijklmnopqrstuvwxy'" in out
+    assert "per-position head: 7 characters kept" in out
+    assert "task2: 26 real + 0 rendered training images (26 an epoch), 6 validation, 8 test" in caplog.text
+    hparams = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["alphabet"] == "012345z"
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").task.alphabet == "012345z"
+    # without it, the same run reads all 36
+    train(compose_cfg("train", ["task=task2", "data=folder", f"data.root={root}", "trainer=cpu",
+                                "trainer.fast_dev_run=true"] + TINY, tmp_path / "run2"))
+    assert "task.narrow_alphabet" not in capsys.readouterr().out
 
 
 def test_init_from_refuses_another_input_scaling_and_starts_another_head_kind_fresh(tmp_path, capsys):

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from ..data.datamodule import seen_characters
 from ..data.folders import labelled_items
 from ..data.images import image_size
 from ..data.tasks import from_config, infer_task
@@ -84,6 +85,22 @@ def check_config(cfg: DictConfig) -> None:
         raise CaptchaError(f"data.root={root}: no such folder; point it at a folder of labelled images")
 
 
+def narrow_alphabet(cfg: DictConfig) -> None:
+    """task.narrow_alphabet=true with a labelled folder: the model reads only the characters the
+    folder's labels use (the competition's task2 and task3 use 28 of the 36), so it never answers
+    with one no label has. Says so in one line and writes the alphabet into the config (its
+    config.yaml and checkpoint hold it); a start of the full alphabet keeps its rows of them."""
+    if not cfg.task.get("narrow_alphabet") or not cfg.data.get("root"):
+        return
+    task = from_config(cfg.task)
+    used, n = seen_characters(cfg.data.root, task)
+    dropped = "".join(c for c in task.alphabet if c not in used)
+    print(f"task.narrow_alphabet=true: {task.name} reads the {len(used)} characters its {n} labels use"
+          + (f", not {dropped!r}" if dropped else " (all of its alphabet)"))
+    with open_dict(cfg):
+        cfg.task.alphabet = used
+
+
 def build(node, **kwargs):
     """instantiate(), but a CaptchaError raised by the target comes out as itself, not wrapped in
     Hydra's InstantiationException (which the entry points would print as a traceback)."""
@@ -129,6 +146,7 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     print(f"trainer.precision={cfg.trainer.precision}: {precision} ({why})")
     resolve_task(cfg)
     check_config(cfg)
+    narrow_alphabet(cfg)
     if cfg.get("final"):
         final_training(cfg)
     # the config with every interpolation resolved (Hydra's .hydra/config.yaml keeps them)
@@ -147,6 +165,11 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     trainer = build(cfg.trainer, precision=precision, callbacks=callbacks, logger=loggers,
                     plugins=[AtomicCheckpointIO()])
     log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
+    start = None  # a fine-tuning run's start, scored on the validation split: what the training must beat
+    if cfg.get("init_from") and not cfg.get("ckpt_path") and not cfg.trainer.get("fast_dev_run") and not cfg.get("final"):
+        scored = trainer.validate(model, datamodule=datamodule, verbose=False)
+        start = scored[0].get("val/exact_match") if scored else None
+        model.val_metrics.reset()  # its states were made under inference mode, which training may not update
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except SystemExit:  # Lightning ends a Ctrl-C'd fit with exit(1), after saving nothing half-written
@@ -163,6 +186,11 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})  # []: no split to test on
     if trainer.is_global_zero:  # one report, also under DDP
         print("final metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        after = float(best) if best is not None else metrics.get("val/exact_match")  # the model kept
+        if start is not None and after is not None:
+            print(f"validation exact match: {start:.4f} before training (init_from={cfg.init_from}), {after:.4f} after"
+                  + (": the start read more of these images; label more of them, or read with the start itself "
+                     f"(ckpt={cfg.init_from})" if after < start else ""))
         if checkpoint is not None and checkpoint.best_model_path:
             print(f"best checkpoint: {checkpoint.best_model_path}")
             if cfg.get("int8", True):  # a run resumed from before the setting existed makes one too

@@ -2,8 +2,9 @@
 
 Each image draws its own style: canvas size, fonts (one or one per character), size, spacing and
 overlap, rotation and shear, colours (one for the text or one per character), background (plain,
-gradient, blotchy texture, a tile per character, light or dark), lines and curves through the
-text, dots and rings, a wave warp, blur, pixel noise and JPEG artefacts. One image in
+gradient, blotchy texture, a tile per character in any colour with a glyph that contrasts with it,
+light or dark), lines, curves and strokes as thick as the glyphs' through the text, dots, rings and
+snow, a wave or perspective warp, blur, pixel noise and JPEG artefacts. One image in
 `imagecaptcha_share` is drawn by the `captcha` package's ImageCaptcha with a random font of the pool.
 Everything comes from the generator it is given, so (seed, stream, index) fixes the image.
 
@@ -146,28 +147,42 @@ def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> I
     per_char_colour = rng.random() < 0.4
     colour = _colour(rng, text_lum)
     outline = rng.random() < 0.05
+    tiles = rng.random() < 0.15  # a tile of its own colour behind each character, the glyph contrasting with it
+    tile_colours = [_colour(rng, (0, 255)) for _ in label] if tiles else []
     glyphs = []
-    for char in label:
+    for i, char in enumerate(label):
         font = _font(rng.choice(fonts) if per_char_font else image_font, max(10, int(size * rng.uniform(0.85, 1.15))))
-        glyphs.append(_glyph(rng, char, font, _colour(rng, text_lum) if per_char_colour else colour, outline))
+        if tiles:  # light text on a dark tile, dark text on a light one
+            fill = _colour(rng, (0, 90) if sum(tile_colours[i]) > 3 * 128 else (170, 255))
+        else:
+            fill = _colour(rng, text_lum) if per_char_colour else colour
+        glyphs.append(_glyph(rng, char, font, fill, outline))
     spacing = rng.uniform(-0.22, 0.25) * size  # negative: characters overlap
+    if tiles:
+        spacing = abs(spacing)  # tiles side by side
     text_w = int(sum(g.width for g in glyphs) + spacing * (len(glyphs) - 1))
     margin = int(rng.uniform(0.05, 0.5) * size) + 2
     w = max(text_w + 2 * margin, int(h * 0.8))
-    tiles = rng.random() < 0.1  # a coloured tile behind each character
     img = _background(rng, w, h, dark)
     draw = ImageDraw.Draw(img)
     x = (w - text_w) / 2
-    for g in glyphs:
+    for g, tile in zip(glyphs, tile_colours or [None] * len(glyphs)):
         y = (h - g.height) / 2 + rng.uniform(-0.15, 0.15) * h
-        if tiles:
-            draw.rectangle((x, 0, x + g.width + spacing, h), fill=_colour(rng, (150, 255) if not dark else (0, 100)))
+        if tile is not None:
+            box = (x - spacing / 2, 0, x + g.width + spacing / 2, h)
+            draw.rectangle(box, fill=tile)
+            for _ in range(rng.choice((0, 1, 2))):  # short lines inside the tile
+                draw.line([(rng.uniform(box[0], box[2]), rng.uniform(0, h)) for _ in range(2)],
+                          fill=_colour(rng, (0, 255)), width=rng.choice((1, 2)))
         img.paste(g, (int(x), int(y)), g)
         x += g.width + spacing
     n_lines = rng.choice((0, 0, 1, 2, 3, 5))
     for _ in range(n_lines):
         fill = colour if rng.random() < 0.5 else _colour(rng, text_lum if rng.random() < 0.7 else (60, 200))
-        draw.line(_curve(rng, w, h), fill=fill, width=rng.choice((1, 1, 2, 3)))
+        # mostly hairlines; sometimes a stroke as thick as the glyphs', in their colour, through the text
+        thick = rng.random() < 0.15
+        draw.line(_curve(rng, w, h), fill=colour if thick else fill,
+                  width=max(2, size // 9) if thick else rng.choice((1, 1, 2, 3)))
     n_dots = rng.choice((0, 0, 30, 100, 300))
     for _ in range(n_dots):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.choice((0.5, 1, 1.5))
@@ -175,8 +190,17 @@ def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> I
     for _ in range(rng.choice((0, 0, 0, 3, 8))):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(2, h / 3)
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=_colour(rng, (0, 255)))
+    if rng.random() < 0.1:  # snow: grey specks over everything
+        a = np.asarray(img).copy()
+        specks = np.random.default_rng(rng.getrandbits(32)).random((h, w)) < rng.uniform(0.02, 0.12)
+        a[specks] = rng.randint(60, 200)
+        img = Image.fromarray(a)
     if rng.random() < 0.35:
         img = Image.fromarray(_warp(rng, np.asarray(img)))
+    if rng.random() < 0.2:  # perspective: a random quadrilateral of the image stretched to the whole
+        j = lambda span: rng.uniform(-0.08, 0.08) * span
+        quad = (j(w), j(h), j(w), h + j(h), w + j(w), h + j(h), w + j(w), j(h))
+        img = img.transform((w, h), Image.QUAD, quad, Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
     if rng.random() < 0.25:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
     if rng.random() < 0.2:

@@ -12,12 +12,27 @@ def ctc_rows(old: str, new: str) -> list[int | None]:
     return [0] + [old.index(c) + 1 if c in old else None for c in new]
 
 
+def head_rows(theirs: ModelSpec, ours: ModelSpec) -> list[int | None] | None:
+    """The checkpoint's head row for each row of this model's head, mapped by character (None: a
+    character it never read); None when the heads cannot be mapped (another kind, or per-position
+    heads of another length). Per-position heads are one fused Linear: row p * classes + i is
+    position p's score of character i."""
+    if theirs.head != ours.head:
+        return None
+    if ours.head == "ctc":
+        return ctc_rows(theirs.alphabet, ours.alphabet)
+    if theirs.length != ours.length:
+        return None
+    old = theirs.alphabet
+    return [p * len(old) + old.index(c) if c in old else None for p in range(ours.steps) for c in ours.alphabet]
+
+
 def start_from(model, path) -> None:
     """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
     match (a network pretrained on rendered images, or trained on another alphabet or length).
-    A CTC head of another alphabet keeps the rows of the characters both read (a character the
-    checkpoint never read starts fresh); per-position heads of another alphabet or length start
-    fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
+    A head of another alphabet keeps the rows of the characters both read (a character the
+    checkpoint never read starts fresh); per-position heads of another length or a head of the
+    other kind start fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
     packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
     path = pretrained(model.spec.task) if path == "pretrained" else model_path(path)
     hparams, state = read_checkpoint(path)
@@ -39,8 +54,8 @@ def start_from(model, path) -> None:
     fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
             and (same_heads or not name.startswith("heads."))}
     mapped = ""
-    if head == old_head == "ctc" and not same_heads and all(f"heads.{p}" in source for p in ("weight", "bias")):
-        rows = ctc_rows(theirs.alphabet, ours.alphabet)
+    rows = None if same_heads else head_rows(theirs, ours)
+    if rows is not None and all(f"heads.{p}" in source for p in ("weight", "bias")):
         for p in ("weight", "bias"):
             key, old = f"net.heads.{p}", source[f"heads.{p}"]
             if old.shape[1:] != own[key].shape[1:]:
@@ -53,8 +68,8 @@ def start_from(model, path) -> None:
             if model.ema_net is not None:
                 fits[f"ema_net.heads.{p}"] = value
         else:
-            fresh_chars = "".join(c for c, r in zip(ours.alphabet, rows[1:]) if r is None)
-            mapped = (f"; CTC head: {len(rows) - 1 - len(fresh_chars)} characters kept"
+            fresh_chars = "".join(c for c in ours.alphabet if c not in theirs.alphabet)
+            mapped = (f"; {'CTC' if ours.head == 'ctc' else 'per-position'} head: {len(ours.alphabet) - len(fresh_chars)} characters kept"
                       + (f", {fresh_chars!r} fresh" if fresh_chars else ""))
     if not fits.keys() & dict(model.named_parameters()).keys():
         raise CaptchaError(f"init_from={path}: none of its weights fit this model (init_from=null trains from scratch): "
