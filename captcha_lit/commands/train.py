@@ -167,7 +167,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
     log.info(f"training {cfg.task.name} on {trainer.accelerator.__class__.__name__} with precision {precision}")
     start = None  # a fine-tuning run's start, scored on the validation split: what the training must beat
     if cfg.get("init_from") and not cfg.get("ckpt_path") and not cfg.trainer.get("fast_dev_run") and not cfg.get("final"):
-        scored = trainer.validate(model, datamodule=datamodule, verbose=False)
+        with torch.random.fork_rng(devices=[]):  # scoring the start leaves the training's random draws as they were
+            scored = trainer.validate(model, datamodule=datamodule, verbose=False)
         start = scored[0].get("val/exact_match") if scored else None
         model.val_metrics.reset()  # its states were made under inference mode, which training may not update
     try:
