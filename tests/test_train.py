@@ -426,3 +426,16 @@ def test_validation_image_captions_read_as_the_model_does(head):
     targets = torch.tensor([[0, 1, -1]] * 8)
     assert [read for read, _ in captions(module, images, targets)] == module.predict_step(images, 0)
     assert all(true == "ab" for _, true in captions(module, images, targets))
+
+
+def test_a_fine_tune_that_reads_less_than_its_start_says_so(tmp_path, capsys):
+    """The packaged task1 reader reads rendered images of its style; a learning rate far too high
+    wrecks it, and the run's last lines say the start read more and name it."""
+    full_width = [o for o in TINY if not o.startswith("model.widths")]  # the packaged reader's widths
+    cfg = compose_cfg("train", ["task=task1", "init_from=pretrained", "data.style=kaggle", "optimizer.lr=30",
+                                "trainer=cpu", "test=false", "data.num_train=64", "data.num_val=32"] + full_width, tmp_path)
+    train(cfg)
+    scores = re.search(r"validation exact match: (\d\.\d{4}) before training \(init_from=pretrained\), (\d\.\d{4}) after: "
+                       r"the start read more of these images; label more of them, or read with the start itself "
+                       r"\(ckpt=pretrained:task1\)", capsys.readouterr().out)
+    assert scores and float(scores.group(1)) >= 0.8 > float(scores.group(2))

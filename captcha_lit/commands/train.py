@@ -191,7 +191,8 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
         if start is not None and after is not None:
             print(f"validation exact match: {start:.4f} before training (init_from={cfg.init_from}), {after:.4f} after"
                   + (": the start read more of these images; label more of them, or read with the start itself "
-                     f"(ckpt={cfg.init_from})" if after < start else ""))
+                     f"(ckpt={'pretrained:' + cfg.task.name if cfg.init_from == 'pretrained' else cfg.init_from})"
+                     if after < start else ""))
         if checkpoint is not None and checkpoint.best_model_path:
             print(f"best checkpoint: {checkpoint.best_model_path}")
             if cfg.get("int8", True):  # a run resumed from before the setting existed makes one too
