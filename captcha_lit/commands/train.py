@@ -11,8 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ..data.datamodule import seen_characters
-from ..data.folders import labelled_items
+from ..data.folders import labelled_items, seen_characters
 from ..data.images import image_size
 from ..data.tasks import from_config, infer_task
 from ..errors import CaptchaError, Terminated

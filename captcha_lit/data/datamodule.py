@@ -18,16 +18,6 @@ from .tasks import from_config
 log = logging.getLogger(__name__)
 
 
-def seen_characters(root, task) -> tuple[str, int]:
-    """The characters of `task.alphabet` (in its order) that the folder's labels for the task use,
-    and how many labels that is. All of its labels, whichever split they fall in: a narrower
-    alphabet would drop (or refuse) a test image whose label has a character no training label has,
-    and change the split; this way every image is kept and counts, as a miss where it must."""
-    labels = [label for _, label in read_labelled(root, task)]
-    used = set("".join(labels))
-    return "".join(c for c in task.alphabet if c in used), len(labels)
-
-
 class CaptchaDataModule(pl.LightningDataModule):
     """Without `root`: `num_train` rendered training images and `num_val` rendered validation and
     test images. With `root` (a labelled folder in any layout of folders.py): a seeded split of

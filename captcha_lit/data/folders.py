@@ -121,6 +121,16 @@ def read_labelled(root, task: Task) -> list[tuple[str, str]]:
     return fit_to_task(items, task, layout, root)
 
 
+def seen_characters(root, task) -> tuple[str, int]:
+    """The characters of `task.alphabet` (in its order) that the folder's labels for the task use,
+    and how many labels that is. All of its labels, whichever split they fall in: a narrower
+    alphabet would drop (or refuse) a test image whose label has a character no training label has,
+    and change the split; this way every image is kept and counts, as a miss where it must."""
+    labels = [label for _, label in read_labelled(root, task)]
+    used = set("".join(labels))
+    return "".join(c for c in task.alphabet if c in used), len(labels)
+
+
 def fit_to_task(items, task: Task, layout: str, root) -> list[tuple[str, str]]:
     """The (path, label) pairs the task can learn. In the competition's layout rows that do not fit
     (wrong length, other characters) are dropped and counted, as the report did; in the other

@@ -32,8 +32,8 @@ def start_from(model, path) -> None:
     match (a network pretrained on rendered images, or trained on another alphabet or length).
     A head of another alphabet keeps the rows of the characters both read (a character the
     checkpoint never read starts fresh); per-position heads of another length or a head of the
-    other kind start fresh. init_from=pretrained: the reader captcha-lit ships for the task; pretrained:NAME: the
-    packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
+    other kind start fresh. init_from=pretrained: the reader captcha-lit ships for the task;
+    pretrained:NAME: the packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
     path = pretrained(model.spec.task) if path == "pretrained" else model_path(path)
     hparams, state = read_checkpoint(path)
     theirs, ours = ModelSpec.read(hparams, str(path)), model.spec
@@ -69,7 +69,8 @@ def start_from(model, path) -> None:
                 fits[f"ema_net.heads.{p}"] = value
         else:
             fresh_chars = "".join(c for c in ours.alphabet if c not in theirs.alphabet)
-            mapped = (f"; {'CTC' if ours.head == 'ctc' else 'per-position'} head: {len(ours.alphabet) - len(fresh_chars)} characters kept"
+            kind = "CTC" if ours.head == "ctc" else "per-position"
+            mapped = (f"; {kind} head: {len(ours.alphabet) - len(fresh_chars)} characters kept"
                       + (f", {fresh_chars!r} fresh" if fresh_chars else ""))
     if not fits.keys() & dict(model.named_parameters()).keys():
         raise CaptchaError(f"init_from={path}: none of its weights fit this model (init_from=null trains from scratch): "
