@@ -59,9 +59,21 @@ def test_inference_from_labels_and_sizes():
     # values given in the config win over the inferred ones
     task, _ = infer_task(["abcd"] * 3, Counter({(100, 40): 3}), "mine", {"alphabet": ALPHANUMERIC, "length": 4})
     assert task.alphabet == ALPHANUMERIC and task.length == 4 and task.width == 100
-    # a size given (experiment=auto reads at the general reader's 128x48) is said, and so is one too narrow
+    # a size given is said, and so is one too narrow
     task, line = infer_task(["abcd"] * 3, Counter({(96, 72): 3}), "mine", {"width": 128, "height": 48})
     assert (task.width, task.height) == (128, 48) and line.endswith("images of 96x72 scaled to 128x48")
     _, line = infer_task(["abcdefghij"] * 3, Counter({(300, 50): 3}), "mine", {"width": 128, "height": 48})
     assert "task.width=128 leaves under 16 pixels a character for 10 characters: CTC may not fit them; " \
            "task.width=160 would" in line
+
+
+def test_height_given_alone_keeps_the_aspect_ratio_above_min_width():
+    # experiment=auto: the general reader's height 48, at least its width 128
+    given = {"height": 48, "min_width": 128}
+    sizes = {(200, 40): (240, 48), (150, 50): (144, 48), (96, 72): (128, 48), (72, 72): (128, 48)}
+    for (w, h), expected in sizes.items():
+        task, line = infer_task(["abcde"] * 2, Counter({(w, h): 2}), "mine", given)
+        assert (task.width, task.height) == expected and f"images of {w}x{h} scaled to {expected[0]}x48" in line
+    # without min_width, only the CTC room of 16 pixels a character bounds it
+    task, _ = infer_task(["abcde"] * 2, Counter({(96, 72): 2}), "mine", {"height": 48})
+    assert (task.width, task.height) == (80, 48)

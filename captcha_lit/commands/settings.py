@@ -74,7 +74,7 @@ READING = [("device", DEVICE), ("precision", choice("auto", "int8", "32", "bf16"
 SCHEMA = {
     "train": [
         ("seed", whole()), ("test", boolean()), ("int8", boolean()), ("final", boolean()), ("compile", boolean()),
-        ("task.narrow_alphabet", boolean()),
+        ("task.narrow_alphabet", boolean()), ("task.min_width", whole(8, null=True)),
         ("data.batch_size", whole(1)), ("data.num_train", whole(1)), ("data.num_val", whole(1)),
         ("data.epoch_size", whole(1, null=True)), ("data.epoch_pixels", whole(1, null=True)),
         ("data.synthetic_ratio", number(lo=0)), ("data.real_fraction", number(above=0, hi=1, null=True)),

@@ -126,9 +126,13 @@ def infer_task(labels: list[str], sizes: Counter, name: str, given: dict) -> tup
     length = given.get("length") or (lo if lo == hi else [lo, hi])
     alphabet = given.get("alphabet") or "".join(sorted(set("".join(labels))))
     (w, h), _ = sizes.most_common(1)[0]
-    scale = min(1.0, MAX_WIDTH / w, MAX_HEIGHT / h)
+    if given.get("height") and not given.get("width"):  # a height to read at: the width keeps the aspect ratio
+        scale = given["height"] / h
+    else:
+        scale = min(1.0, MAX_WIDTH / w, MAX_HEIGHT / h)
     room = MIN_WIDTH_PER_CHAR * length_range(length)[1]  # squeezes the height more than the width; widens narrow images
-    width, height = given.get("width") or max(8, round(w * scale), room), given.get("height") or max(8, round(h * scale))
+    narrowest = max(8, room, given.get("min_width") or 0)
+    width, height = given.get("width") or max(narrowest, round(w * scale)), given.get("height") or max(8, round(h * scale))
     task = Task(name=given.get("name") or name, length=length, alphabet=alphabet, width=width, height=height,
                 lowercase=lowercase)
     notes = []
