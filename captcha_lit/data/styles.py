@@ -108,7 +108,8 @@ def _glyph(rng: random.Random, char: str, font, colour, outline: bool) -> Image.
         w, h = tile.size
         tile = tile.transform((w + int(abs(shear) * h), h), Image.AFFINE,
                               (1, shear, -abs(shear) * h if shear > 0 else 0, 0, 1, 0), Image.BILINEAR)
-    angle = rng.gauss(0, rng.choice((0, 8, 18, 30)))
+    # mostly upright; sometimes each character turned hard (within +-70 degrees: 6 and 9 stay apart)
+    angle = max(-70.0, min(70.0, rng.gauss(0, rng.choice((0, 8, 18, 30, 45)))))
     if angle:
         tile = tile.rotate(angle, Image.BILINEAR, expand=True)
     return tile
@@ -139,7 +140,9 @@ def _warp(rng: random.Random, img: np.ndarray) -> np.ndarray:
 def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> Image.Image:
     """One captcha of `label` in a style drawn from `rng`, at a size drawn from it too."""
     h = rng.randint(30, 72)
-    size = max(10, int(h * rng.uniform(0.55, 0.9)))
+    # glyphs filling most of the height, or one in five small ones with room to wander up and down
+    small = rng.random() < 0.2
+    size = max(10, int(h * (rng.uniform(0.3, 0.55) if small else rng.uniform(0.55, 0.9))))
     per_char_font = rng.random() < 0.3
     image_font = rng.choice(fonts)
     dark = rng.random() < 0.15  # light text on a dark background
@@ -167,7 +170,8 @@ def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> I
     draw = ImageDraw.Draw(img)
     x = (w - text_w) / 2
     for g, tile in zip(glyphs, tile_colours or [None] * len(glyphs)):
-        y = (h - g.height) / 2 + rng.uniform(-0.15, 0.15) * h
+        room = max(0.15 * h, (h - g.height) / 2 * 0.8) if small else 0.15 * h
+        y = (h - g.height) / 2 + rng.uniform(-room, room)
         if tile is not None:
             box = (x - spacing / 2, 0, x + g.width + spacing / 2, h)
             draw.rectangle(box, fill=tile)
