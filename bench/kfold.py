@@ -50,5 +50,5 @@ for task in args.tasks.split(","):
     table.append(f"| {task} | {args.folds} | {right}/{total} = **{right / total:.4f}** [{lo:.4f}, {hi:.4f}] | "
                  f"{sum(scores) / len(scores):.4f} ({min(scores):.4f} - {max(scores):.4f}) | {sum(walls) / len(walls):.0f} s |")
 
-print(f"\n| task | folds | read right over all folds [95 %] | mean of the folds (range) | wall time per fold |\n|---|---|---|---|---|")
+print("\n| task | folds | read right over all folds [95 %] | mean of the folds (range) | wall time per fold |\n|---|---|---|---|---|")
 print("\n".join(table))

@@ -157,7 +157,7 @@ def main():
             print(f"  {name}: {'reached' if r['reached'] else 'NOT reached, best'} {r['hits']}/{r['n']} = "
                   f"{r['hits'] / r['n']:.4f} [{lo:.3f}, {hi:.3f}] at epoch {r['epoch']}, {r['images']} images, "
                   f"{r['wall']:.0f} s (run {r['total']:.0f} s)", flush=True)
-    print(f"\n| variant | reached | epoch | images seen | wall s (median) | exact match |")
+    print("\n| variant | reached | epoch | images seen | wall s (median) | exact match |")
     print("|---|---|---|---|---|---|")
     walls = {}
     for name, rs in results.items():

@@ -1,6 +1,8 @@
 """Atomic file writes: everything the project writes goes to a temporary name first and is
 renamed into place, so a crash never leaves a half-written file or clobbers a good one."""
 import contextlib
+import csv
+import io
 import os
 import stat
 import tempfile
@@ -45,3 +47,12 @@ def atomic_path(path):
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_labels_csv(path, rows) -> None:
+    """(filename, label) rows under a filename,label header, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["filename", "label"])
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())

@@ -197,7 +197,7 @@ def test_kaggle_recipes_mix_real_and_rendered_images(name, tmp_path, capsys, cap
         (name[-5:], str(root), 2, "kaggle")
     assert (saved.optimizer._target_, saved.optimizer.lr, saved.model.label_smoothing, saved.init_from) == \
         ("torch.optim.AdamW", 1e-4, 0.1, None)
-    # task2 and task3 read only the characters of their 17 training and validation labels
+    # task2 and task3 read only the characters of their labels (all 20 rows)
     assert saved.task.narrow_alphabet == (name != "kaggle_task1")
     assert (len(saved.task.alphabet) < len(preset(name[-5:]).alphabet)) == (name != "kaggle_task1")
 

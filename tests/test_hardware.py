@@ -1,4 +1,6 @@
 """precision=auto is decided by what the CPU computes natively, never by what oneDNN emulates."""
+from pathlib import Path
+
 import pytest
 
 from captcha_lit import hardware
@@ -40,5 +42,7 @@ def test_vnni_and_reading_dtype_follow_the_flags(monkeypatch):
 
 
 def test_the_flags_are_read_from_this_machine():
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo here")
     flags = hardware.cpu_flags()
-    assert isinstance(flags, frozenset) and (not flags or "fpu" in flags or "fp" in flags)
+    assert isinstance(flags, frozenset) and ("fpu" in flags or "fp" in flags)

@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
 
 from .helpers import module_args
@@ -156,3 +157,13 @@ def test_disagree_order_ignores_case_when_the_guesses_are_folded(tmp_path):
     assert [r["name"] for r in labels.items()] == ["b.png", "a.png"]  # b.png's label disagrees; a.png's only by case
     labels.reader.fold_case = False
     assert [r["guess"] for r in labels.items()] == ["ab", "zz"]  # both disagree now: listed order
+
+
+def test_orders_by_guesses_need_a_reader(tmp_path):
+    from captcha_lit.web.label import Labels
+
+    ImageCaptcha(72, 72).generate_image("x").save(tmp_path / "a.png")
+    for order in ("confidence", "disagree"):
+        with pytest.raises(CaptchaError, match=f"order={order}: needs a reader's guesses"):
+            Labels(tmp_path, None, order=order)
+    assert Labels(tmp_path, None).items()[0]["name"] == "a.png"

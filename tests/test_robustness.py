@@ -33,15 +33,10 @@ from captcha_lit.data.tasks import preset
 from captcha_lit.commands.resume import resume_config
 from captcha_lit.commands.train import AtomicCheckpointIO, build, train
 
-from tests.helpers import ROOT, TINY, compose_cfg, make_folder, module_args
+from tests.helpers import ROOT, TINY, compose_cfg, make_folder, module_args, write_csv
 
 DIGITS = "0123456789"
 ALNUM = DIGITS + "abcdefghijklmnopqrstuvwxyz"
-
-
-def write_csv(root, rows):
-    with open(root / "annotations.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("filename", "label")] + rows)
 
 
 def corrupt(path, how):
@@ -767,6 +762,16 @@ def test_every_command_checks_its_settings_types_in_one_place(command, overrides
         check_settings(compose_cfg(command, overrides), command)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data_dir=."], "no model given: add ckpt=PATH"),
+    (["ckpt=m.ckpt"], "no input given: add data_dir=DIR"),
+])
+def test_predict_names_the_setting_a_first_run_forgets(overrides, message):
+    from captcha_lit.commands.predict import predict
+    with pytest.raises(CaptchaError, match=message):
+        predict(compose_cfg("predict", overrides))
+
+
 def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
     from captcha_lit import CaptchaReader
     from captcha_lit.commands.generate import generate
@@ -774,8 +779,8 @@ def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
     reader = CaptchaReader.from_checkpoint(tmp_path / "m.ckpt", precision="32")
     with pytest.raises(CaptchaError, match=r"read\(NoneType\): give an image"):
         reader.read(None)
-    with pytest.raises(CaptchaError, match=r"a int among the images"):
-        reader.read([3])
+    with pytest.raises(CaptchaError, match=r"images\[1\] is a int"):
+        reader.read([Image.new("RGB", (72, 72)), 3])
     image = Image.new("RGB", (72, 72))
     image.close()
     with pytest.raises(CaptchaError, match="a PIL image that cannot be read"):
@@ -784,15 +789,15 @@ def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
         CaptchaReader.ensemble([])
     with pytest.raises(CaptchaError, match=r"an empty PIL image \(0x0\)"):  # it read as '8' before
         reader.read([Image.new("RGB", (0, 0))])
-    with pytest.raises(CaptchaError, match="task.length=0: lengths must be 1 or more"):
+    with pytest.raises(CaptchaError, match="tasks.task1: task.length=0: lengths must be 1 or more"):
         generate(compose_cfg("generate", [f"out={tmp_path / 'g'}", "tasks.task1.length=0"]))
-    with pytest.raises(CaptchaError, match="task.alphabet: alphabet '' must be non-empty"):
+    with pytest.raises(CaptchaError, match="tasks.task1: task.alphabet: alphabet '' must be non-empty"):
         generate(compose_cfg("generate", [f"out={tmp_path / 'h'}", "tasks.task1.alphabet=''"]))
     assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
 
 
 @pytest.mark.slow
-def test_an_interrupted_general_pretraining_resumes_with_new_images_each_epoch(tmp_path):
+def test_an_interrupted_general_pretraining_resumes_where_it_stopped(tmp_path):
     run = tmp_path / "general"
     tiny = ["data.num_train=256", "data.num_val=32", "data.batch_size=32", "model.widths=[16,16,32,32]",
             "data.num_workers=1", "trainer.enable_progress_bar=false", "test=false", "trainer=cpu"]

@@ -1,8 +1,6 @@
 """Render a synthetic data set to disk in the competition's layout (annotations.csv +
 taskN/*.png), so it can be inspected, shared, and trained on with data=folder."""
 import contextlib
-import csv
-import io
 import os
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import CaptchaError
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, write_labels_csv
 from ..data.images import IMAGE_SUFFIXES
 from ..parallel import ordered_map
 from ..data.render import Renderer
@@ -44,7 +42,10 @@ def generate(cfg: DictConfig) -> Path:
         n = cfg.num.get(key, 0)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise CaptchaError(f"num.{key}={n!r}: must be a whole number, 0 or more")
-        task = from_config(task)  # a zero length, an empty alphabet: refused here, naming the setting
+        try:
+            task = from_config(task)  # a zero length, an empty alphabet: refused here
+        except CaptchaError as e:  # named by the user's key: tasks.task1
+            raise CaptchaError(f"tasks.{key}: {e}") from None
         renderer = Renderer(task.width, task.height, task.length, task.alphabet, cfg.font_sizes)
         jobs += [(renderer, cfg.seed, task.name, i, str(out)) for i in range(n)]
         made.append(out / task.name)
@@ -52,11 +53,7 @@ def generate(cfg: DictConfig) -> Path:
     writing = ordered_map(_write_one, jobs, processes, chunksize=64)
     try:
         rows = list(tqdm(writing, total=len(jobs), desc="writing", unit="img"))
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["filename", "label"])
-        writer.writerows(rows)
-        atomic_write_text(out / "annotations.csv", buffer.getvalue())  # last: a complete folder or none
+        write_labels_csv(out / "annotations.csv", rows)  # last: a complete folder or none
     except BaseException:  # Ctrl-C and SIGTERM included: take back this run's images (the folder held none before)
         writing.close()  # the workers stop before their images are taken back
         for folder in made:

@@ -1,7 +1,5 @@
 """The prediction entry: checkpoints + a folder of captchas -> a submission CSV (and, for
 labelled folders, an accuracy report)."""
-import csv
-import io
 import json
 import logging
 import os
@@ -12,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 
 from ..errors import CaptchaError
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text, write_labels_csv
 from ..data.folders import COMPETITION_TASKS, inside, read_csv_rows
 from ..data.images import IMAGE_SUFFIXES
 from ..model.packaged import model_path
@@ -145,12 +143,13 @@ def tasks_of(names: list[str], models) -> list[str | None]:
 
 
 def predict(cfg: DictConfig) -> dict:
-    check_settings(cfg, "predict")
+    # the two settings a first run forgets, named before the type checks (which would call null a wrong type)
     ckpts = list(cfg.ckpt) if isinstance(cfg.ckpt, (list, ListConfig)) else [cfg.ckpt]
     if not ckpts or ckpts == [None]:
         raise CaptchaError("no model given: add ckpt=PATH (or ckpt=[P1,P2,P3]), a .ckpt or an exported .onnx")
     if cfg.data_dir is None:
         raise CaptchaError("no input given: add data_dir=DIR (a test folder, a labelled folder or a folder of images)")
+    check_settings(cfg, "predict")
     data_dir, output = Path(cfg.data_dir), Path(cfg.output)
     names, labels, kind = list_inputs(data_dir)
     check_output(output, data_dir, names, ckpts)  # before loading the models: the CSV itself
@@ -180,11 +179,7 @@ def predict(cfg: DictConfig) -> dict:
         for i, p, c in zip(rows, got, conf):
             predictions[i], confidence[i] = p, float(c)
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["filename", "label"])
-    writer.writerows((n, p) for n, p in zip(names, predictions) if p is not None)
-    atomic_write_text(output, buffer.getvalue())
+    write_labels_csv(output, ((n, p) for n, p in zip(names, predictions) if p is not None))
     print(f"wrote {sum(p is not None for p in predictions)} predictions to {output}")
     if labels is None:
         return {}

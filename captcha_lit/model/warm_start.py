@@ -42,7 +42,6 @@ def start_from(model, path) -> None:
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     source = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     own = model.state_dict()
-    head, old_head = ours.head, theirs.head
     # heads that read another alphabet, or the same characters in another order, would load by
     # shape alone and name every character wrongly
     same_heads = (theirs.alphabet, theirs.length, theirs.head) == (ours.alphabet, ours.length, ours.head)

@@ -1,10 +1,10 @@
 """Export a checkpoint to ONNX: for captcha-lit's own reader (with a JSON contract beside it), or
 for the ddddocr package.
 
-    python -m captcha_lit.export CHECKPOINT [OUTPUT.onnx]              (or: captcha-export ...)
-    python -m captcha_lit.export CHECKPOINT OUT --format ddddocr        -> OUT.onnx, OUT.charsets.json
-    python -m captcha_lit.export CHECKPOINT --int8 IMAGES     -> CHECKPOINT's int8 copy, calibrated on IMAGES
-    python -m captcha_lit.export CHECKPOINT OUT.ckpt --format weights   -> its weights alone, fp16, for init_from=
+    captcha-export CHECKPOINT [OUTPUT.onnx]
+    captcha-export CHECKPOINT OUT --format ddddocr        -> OUT.onnx, OUT.charsets.json
+    captcha-export CHECKPOINT --int8 IMAGES     -> CHECKPOINT's int8 copy, calibrated on IMAGES
+    captcha-export CHECKPOINT OUT.ckpt --format weights   -> its weights alone, fp16, for init_from=
 
 captcha-lit's graph takes uint8 (B, 3, height, width) images and returns the model's logits;
 scaling and normalisation are inside it. The contract (task, length, alphabet, size, head,

@@ -218,8 +218,9 @@ class CaptchaReader:
 
         @torch.inference_mode()
         def logits_fn(images: np.ndarray) -> np.ndarray:
-            # (B, H, W, 3) memory viewed as (B, 3, H, W): channels-last without a copy
-            x = torch.from_numpy(images).to(dev, non_blocking=True).permute(0, 3, 1, 2)
+            # (B, H, W, 3) memory viewed as (B, 3, H, W): channels-last without a copy (read-only memory,
+            # which torch warns about, is copied once)
+            x = torch.from_numpy(np.require(images, requirements="W")).to(dev, non_blocking=True).permute(0, 3, 1, 2)
             return net(x).float().cpu().numpy()
 
         reader = cls(logits_fn, spec, source=str(path), **kwargs)
@@ -316,9 +317,10 @@ class CaptchaReader:
             raise CaptchaError(f"read({type(images).__name__}): give an image (a path, PIL image or (H, W, 3) uint8 "
                                f"array) or a list of them")
         images = [images] if single else list(images)
-        bad = next((type(i).__name__ for i in images if not isinstance(i, (str, Path, Image.Image, np.ndarray))), None)
-        if bad:
-            raise CaptchaError(f"read(): a {bad} among the images; each must be a path, PIL image or (H, W, 3) uint8 array")
+        bad = next((i for i, x in enumerate(images) if not isinstance(x, (str, Path, Image.Image, np.ndarray))), None)
+        if bad is not None:
+            raise CaptchaError(f"read(): images[{bad}] is a {type(images[bad]).__name__}; each must be a path, PIL image "
+                               f"or (H, W, 3) uint8 array")
         labels, confidence = [], []
         for batch in self._batches(images, progress):
             logits = self.logits(np.stack(batch))

@@ -4,8 +4,6 @@ Every answer goes into DIR/annotations.csv (the layout train.py reads) at once, 
 temporary name and renamed into place; images marked unreadable and the session's counts go into
 DIR/.captcha-label.json the same way. Started again, it continues with the first image that has
 no answer. Only the images listed from DIR at start are ever served: no URL reaches another file."""
-import csv
-import io
 import json
 import threading
 from pathlib import Path
@@ -17,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.folders import read_csv_rows
 from ..data.images import IMAGE_SUFFIXES, image_size
 from ..errors import CaptchaError
-from ..files import atomic_write_text, regular_file
+from ..files import atomic_write_text, regular_file, write_labels_csv
 
 PAGE = Path(__file__).with_name("label.html")
 STATE = ".captcha-label.json"
@@ -35,6 +33,8 @@ class Labels:
             raise CaptchaError(f"data_dir={root}: no such folder")
         if order not in ORDERS:
             raise CaptchaError(f"order={order!r}: choose {', '.join(ORDERS)}")
+        if reader is None and order != "listed":  # both orders sort by the reader's guesses
+            raise CaptchaError(f"order={order}: needs a reader's guesses; add ckpt=PATH or keep order=listed")
         self.reader, self.order, self.lock = reader, order, threading.Lock()
         self.csv, self.state_path = self.root / "annotations.csv", self.root / STATE
         self.refused: dict[str, str] = {}  # files with an image's name that are not readable images
@@ -115,11 +115,7 @@ class Labels:
         return self.summary()
 
     def _write(self):
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["filename", "label"])
-        writer.writerows(self.labels.items())
-        atomic_write_text(self.csv, buffer.getvalue())
+        write_labels_csv(self.csv, self.labels.items())
         atomic_write_text(self.state_path, json.dumps({"unreadable": sorted(self.unreadable), "counts": self.counts},
                                                       indent=1) + "\n")
 
