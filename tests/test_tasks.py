@@ -22,7 +22,7 @@ def test_label_problems():
     assert "not in the alphabet" in task3.label_problem("AB12")
     assert "not in the alphabet" in preset("task1").label_problem("a")  # task1 is digits only
     ranged = Task("x", [4, 6], ALPHANUMERIC, 160, 60)
-    assert ranged.lengths == (4, 6) and not ranged.fixed
+    assert ranged.lengths == (4, 6)
     assert ranged.label_problem("abcde") is None and "expected 4 to 6" in ranged.label_problem("abc")
 
 

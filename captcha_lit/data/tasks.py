@@ -69,11 +69,6 @@ class Task:
     def lengths(self) -> tuple[int, int]:
         return length_range(self.length)
 
-    @property
-    def fixed(self) -> bool:
-        lo, hi = self.lengths
-        return lo == hi
-
     def clean(self, label: str) -> str:
         return label.lower() if self.lowercase else label
 
