@@ -46,7 +46,7 @@ def atomic_path(path):
 
 def atomic_write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # the readers read UTF-8, whatever the locale
 
 
 def write_labels_csv(path, rows) -> None:

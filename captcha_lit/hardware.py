@@ -29,9 +29,9 @@ def cpu_flags() -> frozenset:
 def cpu_bf16() -> str | None:
     """The flag that makes bf16 native on this CPU, or None. ONEDNN_MAX_CPU_ISA below
     AVX512_CORE_BF16 (e.g. AVX2, to time a laptop's CPU on a newer one) takes it away, as it does
-    from oneDNN."""
+    from oneDNN; the ISAs above it (AVX512_CORE_FP16, AMX, AVX10) keep it."""
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if isa not in ("ALL", "DEFAULT") and not any(k in isa for k in ("BF16", "AMX", "AVX10")):
+    if isa not in ("ALL", "DEFAULT") and not any(k in isa for k in ("BF16", "FP16", "AMX", "AVX10")):
         return None
     return next((f for f in BF16_FLAGS if f in cpu_flags()), None)
 
@@ -79,6 +79,9 @@ def pick_device(device):
         raise CaptchaError(f"device={device!r}: choose auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CaptchaError(f"device={device}, but no CUDA GPU is visible: use device=cpu or device=auto")
+    index = device.partition(":")[2]
+    if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+        raise CaptchaError(f"device={device}: the GPUs here are cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
 
 

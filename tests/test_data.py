@@ -218,6 +218,8 @@ def test_folds_test_on_disjoint_slices_that_cover_the_folder_and_never_train_on_
         split(n, 0.15, 3, test_fraction=0.25, fold=4)
     with pytest.raises(CaptchaError, match="data.fold=0: data.test_fraction=0.0 makes 0 folds: set data.test_fraction=0.2 for 5"):
         split(n, 0.15, 3, fold=0)
+    with pytest.raises(CaptchaError, match="data.test_fraction=0.2 makes 5 folds of 3 images"):
+        split(3, 0.15, 3, test_fraction=0.2, fold=1)  # a fold would test on none
 
 
 def test_the_datamodule_tests_on_its_fold(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
+from captcha_lit.reading.reader import CaptchaReader
 
 from .helpers import module_args
 
@@ -140,7 +142,7 @@ def test_alphabet_narrows_the_guesses_to_the_sites_characters(tmp_path):
 
 class LowerCaseReader:
     """A reader with fold_case=true: its guesses are lower case."""
-    fold_case, source = True, "stub"
+    fold_case, source, spec = True, "stub", SimpleNamespace(lowercase=False)
 
     def predict(self, paths):
         return ["ab", "zz"][:len(paths)], [0.9] * len(paths)
@@ -157,6 +159,22 @@ def test_disagree_order_ignores_case_when_the_guesses_are_folded(tmp_path):
     assert [r["name"] for r in labels.items()] == ["b.png", "a.png"]  # b.png's label disagrees; a.png's only by case
     labels.reader.fold_case = False
     assert [r["guess"] for r in labels.items()] == ["ab", "zz"]  # both disagree now: listed order
+    labels.reader.spec = SimpleNamespace(lowercase=True)  # a model trained with task.lowercase=true guesses lower case
+    assert [r["name"] for r in labels.items()] == ["b.png", "a.png"]
+
+
+def test_an_image_that_does_not_decode_gets_no_guess_and_the_others_do(tmp_path, caplog):
+    from captcha_lit.web.label import Labels
+
+    for i in range(3):
+        ImageCaptcha(72, 72).generate_image(str(i)).save(tmp_path / f"img{i}.png")
+    whole = (tmp_path / "img1.png").read_bytes()
+    (tmp_path / "img1.png").write_bytes(whole[:len(whole) // 3])  # its header reads, its pixels do not
+    guessing_seven(tmp_path / "seven.ckpt")
+    labels = Labels(tmp_path, CaptchaReader.from_checkpoint(tmp_path / "seven.ckpt", precision="32"), order="confidence")
+    labels.reading.run()
+    assert {r["name"]: r["guess"] for r in labels.items()} == {"img1.png": None, "img0.png": "7", "img2.png": "7"}
+    assert "no guess for img1.png" in caplog.text
 
 
 def test_orders_by_guesses_need_a_reader(tmp_path):
@@ -167,3 +185,13 @@ def test_orders_by_guesses_need_a_reader(tmp_path):
         with pytest.raises(CaptchaError, match=f"order={order}: needs a reader's guesses"):
             Labels(tmp_path, None, order=order)
     assert Labels(tmp_path, None).items()[0]["name"] == "a.png"
+
+
+@pytest.mark.parametrize("state", ['{"unreadable": "abc"}', '[1, 2]', '{"counts": {"typed": "3"}}', "{"])
+def test_a_state_file_that_is_not_ours_is_refused_by_name(tmp_path, state):
+    from captcha_lit.web.label import STATE, Labels
+
+    ImageCaptcha(72, 72).generate_image("x").save(tmp_path / "a.png")
+    (tmp_path / STATE).write_text(state)
+    with pytest.raises(CaptchaError, match=r"\.captcha-label\.json: not captcha-label's state file"):
+        Labels(tmp_path)

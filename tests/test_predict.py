@@ -148,6 +148,14 @@ def test_reader_accepts_pil_paths_and_arrays(ckpts, tmp_path):
     assert reader.read([Image.open(p) for p in paths]) == from_paths
     assert reader.read([np.asarray(Image.open(p).convert("RGB")) for p in paths]) == from_paths
     assert len(from_paths) == 5 and all(len(s) == 2 for s in from_paths)
+    larger = [Image.open(p).convert("RGB").resize((144, 100)) for p in paths]
+    for mode in ("RGB", "L", "RGBA"):  # arrays of any size, grey or with alpha, read as their PIL images do
+        images = [image.convert(mode) for image in larger]
+        texts, confidence = reader.predict(images)
+        from_arrays = reader.predict([np.asarray(image) for image in images])
+        assert from_arrays[0] == texts and np.allclose(from_arrays[1], confidence)
+    grey = larger[0].convert("L")
+    assert reader.read(np.asarray(grey)) == reader.read([grey])  # one 2-D array is one image, not a list of rows
 
 
 def test_predict_cli_end_to_end(tmp_path, ckpts):

@@ -186,7 +186,9 @@ def test_folder_without_the_task_and_too_few_rows(tmp_path):
     with pytest.raises(CaptchaError, match=r"no usable rows of task1 \(rows per folder prefix: task2: 4, task3: 2\)"):
         task1_datamodule(root, num_workers=0).setup("fit")
     root = make_folder(tmp_path / "e", {"task1": 1})
-    with pytest.raises(CaptchaError, match=r"1 usable task1 image\(s\) leave none to train on .*data\.val_fraction"):
+    with pytest.raises(CaptchaError, match=r"1 usable task1 image\(s\) leave none to train on after the validation "
+                                           r"\(1\) and test \(0\) splits: add images, or lower data\.val_fraction=0.15 "
+                                           r"or data\.test_fraction=0.0"):
         task1_datamodule(root, num_workers=0).setup("fit")
 
 
@@ -227,6 +229,13 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     (["data=mixed", "data.root=.", "data.real_fraction=half"], "data.real_fraction='half': must be a number"),
     (["optimizer=sgd", "optimizer.momentum=-0.5"], "optimizer.momentum=-0.5: must be a number at least 0"),
     (["trainer.max_epochs=-1", "scheduler=onecycle"], "trainer.max_epochs=-1 \\(no end\\) with scheduler=onecycle"),
+    (["trainer.max_epochs=-1", "scheduler=cosine"], "trainer.max_epochs=-1 \\(no end\\) with scheduler=cosine"),
+    (["trainer.max_epochs=-1", "scheduler=none", "model.low_res=0.5"],
+     "trainer.max_epochs=-1 \\(no end\\) with model.low_res=0.5"),
+    (["experiment=pretrain_general", "trainer.reload_dataloaders_every_n_epochs=0"],
+     "data.fresh_train=true renders new training images every epoch: it needs trainer.reload"),
+    (["task=auto", "data=folder", "data.root=.", "task.min_width=abc"], "task.min_width='abc': must be a whole number"),
+    (["task=auto", "data=folder", "data.root=.", "task.height=4"], "task.height=4: must be a whole number from 8 to 2048"),
     (["model.widths=[]"], r"model.widths=\[\]: must be a list of whole numbers from 1 to 4096"),
     (["model.strides=[0,2,2,2]"], r"model.strides=\[0, 2, 2, 2\]: must be a list of whole numbers"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
@@ -234,7 +243,8 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
 ], ids=["length-0", "alphabet-repeats", "missing-folder", "no-folder-given", "auto-without-folder", "batch-size-0",
         "batch-size-text", "batch-size-fraction", "num-train-negative", "lr-negative", "lr-text", "epochs-0", "ema-1.5",
         "seed-text", "val-fraction-0", "int8-no", "final-no", "batch-size-bool", "workers-text", "real-fraction-text",
-        "momentum-negative", "endless-onecycle", "widths-empty", "stride-0", "no-gpu"])
+        "momentum-negative", "endless-onecycle", "endless-cosine", "endless-low-res", "fresh-train-once",
+        "auto-min-width-text", "auto-height-4", "widths-empty", "stride-0", "no-gpu"])
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")
@@ -500,6 +510,20 @@ def test_the_onnx_and_ddddocr_exports_never_replace_each_other(tmp_path, capsys)
         export_main([str(tmp_path / "m.ckpt"), "w.ckpt", "--format", "weights", "--int8", str(tmp_path)])
     assert "--int8 makes an int8 ONNX model (--format onnx), not --format weights" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == made
+
+
+def test_a_packaged_reader_exports_into_the_working_folder(tmp_path, monkeypatch, capsys):
+    from captcha_lit.commands.cli import export as export_main
+    from captcha_lit.model.packaged import PRETRAINED
+    installed = sorted(p.name for p in PRETRAINED.iterdir())
+    monkeypatch.chdir(tmp_path)
+    export_main(["pretrained:general", "--format", "ddddocr"])  # the general reader, for ddddocr itself
+    assert {p.name for p in tmp_path.iterdir()} == {"general.ddddocr.onnx", "general.ddddocr.charsets.json"}
+    assert sorted(p.name for p in PRETRAINED.iterdir()) == installed  # nothing written into the package
+    with pytest.raises(SystemExit):
+        export_main(["pretrained:nope"])
+    assert "pretrained:nope: captcha-lit ships pretrained readers for general, task1, task2, task3" in \
+        capsys.readouterr().err
 
 
 def test_a_second_run_into_a_used_run_folder_is_refused(tmp_path):
@@ -783,12 +807,14 @@ def test_odd_inputs_to_the_reader_and_generate_are_one_line(tmp_path):
         reader.read([Image.new("RGB", (72, 72)), 3])
     image = Image.new("RGB", (72, 72))
     image.close()
-    with pytest.raises(CaptchaError, match="a PIL image that cannot be read"):
+    with pytest.raises(CaptchaError, match=r"images\[0\]: a PIL image that cannot be read"):
         reader.read([image])
     with pytest.raises(CaptchaError, match=r"ensemble\(\[\]\)"):
         CaptchaReader.ensemble([])
-    with pytest.raises(CaptchaError, match=r"an empty PIL image \(0x0\)"):  # it read as '8' before
-        reader.read([Image.new("RGB", (0, 0))])
+    with pytest.raises(CaptchaError, match=r"images\[1\]: an empty image \(0x0\)"):  # it read as '8' before
+        reader.read([Image.new("RGB", (72, 72)), Image.new("RGB", (0, 0))])
+    with pytest.raises(CaptchaError, match=r"images\[1\]: an array of shape \(72, 72, 3\) and dtype float32"):
+        reader.read([Image.new("RGB", (72, 72)), np.zeros((72, 72, 3), np.float32)])
     with pytest.raises(CaptchaError, match="tasks.task1: task.length=0: lengths must be 1 or more"):
         generate(compose_cfg("generate", [f"out={tmp_path / 'g'}", "tasks.task1.length=0"]))
     with pytest.raises(CaptchaError, match="tasks.task1: task.alphabet: alphabet '' must be non-empty"):

@@ -250,3 +250,11 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0(server):
     assert proc.wait(timeout=30) == 0
     assert "stopped: every request in flight was answered" in proc.stdout.read()
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_a_queue_that_cannot_hold_one_request_is_refused_at_start():
+    # a 20-image request to a server queueing 16 would be answered 503 "busy" every time
+    proc = subprocess.run([sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", "port=0",
+                           "max_images=20", "queue_size=16"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "queue_size=16 is below max_images=20: a request of 20 images could never be queued" in proc.stderr

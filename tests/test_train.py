@@ -209,7 +209,8 @@ def test_final_training_uses_every_image_but_the_test_split_and_keeps_the_last_c
                         "trainer=cpu", "trainer.max_epochs=2", "model.strides=[1,2,2,[2,1]]", "model.head=ctc"]
     score = train(compose_cfg("train", overrides, tmp_path / "run"))
     out = capsys.readouterr().out
-    assert "45 real + 0 rendered training images (45 an epoch), 0 validation, 15 test" in caplog.text
+    assert caplog.text.count("45 real + 0 rendered training images (45 an epoch), 0 validation, 15 test") == 1  # test
+    # reuses fit's splits: the images are read once
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
     saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert saved.data.val_fraction == 0 and saved.callbacks.model_checkpoint is None
@@ -414,6 +415,17 @@ def test_a_final_run_without_a_test_split_ends_with_its_metrics_and_last_checkpo
     assert (ckpt["hyper_parameters"]["task"], ckpt["hyper_parameters"]["widths"]) == ("task1", [16, 16, 32, 32])
     saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert (saved.final, saved.data.val_fraction, saved.data.test_fraction, saved.data.root) == (True, 0, 0, str(data))
+
+
+def test_an_interrupted_final_run_resumes(tmp_path):
+    # its config.yaml holds data.val_fraction=0, which only final=true may use
+    data = make_folder(tmp_path / "data", {"task1": 48})
+    run = tmp_path / "run"
+    overrides = ["trainer=cpu", "data=folder", f"data.root={data}", "final=true", "scheduler=none"] + TINY
+    train(compose_cfg("train", overrides, run))
+    train(compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2"]), [f"resume={run}", "trainer.max_epochs=2"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 4)  # the second epoch ran on from the first
 
 
 @pytest.mark.parametrize("head, steps, read", [

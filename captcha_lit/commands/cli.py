@@ -65,6 +65,9 @@ def _serve(cfg: DictConfig) -> None:
         from ..web.serve import Limits, serve
 
         check_settings(cfg, "serve")
+        limits = Limits(max_body_bytes=int(cfg.max_body_mb * (1 << 20)), max_pixels=cfg.max_pixels,
+                        max_images=cfg.max_images, timeout_s=cfg.timeout_s, body_timeout_s=cfg.body_timeout_s,
+                        queue_size=cfg.queue_size, max_batch=cfg.max_batch)
         ckpts = cfg.ckpt if cfg.ckpt is not None else [f"pretrained:{p.stem}" for p in sorted(PRETRAINED.glob("*.ckpt"))]
         ckpts = [ckpts] if isinstance(ckpts, str) else list(ckpts)
         readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.max_batch,
@@ -72,9 +75,6 @@ def _serve(cfg: DictConfig) -> None:
         default = cfg.default or ("general" if cfg.ckpt is None and "general" in readers else next(iter(readers)))
         if default not in readers:
             raise CaptchaError(f"default={default}: no model for it (the models read {', '.join(readers)})")
-        limits = Limits(max_body_bytes=int(cfg.max_body_mb * (1 << 20)), max_pixels=cfg.max_pixels,
-                        max_images=cfg.max_images, timeout_s=cfg.timeout_s, body_timeout_s=cfg.body_timeout_s,
-                        queue_size=cfg.queue_size, max_batch=cfg.max_batch)
         serve(readers, default, cfg.host, cfg.port, limits)
     run_reporting(run)
 
@@ -119,10 +119,11 @@ def _generate(cfg: DictConfig) -> None:
 
 def export(argv=None):
     """captcha-export: argparse, as it takes files rather than settings."""
+    from ..model.packaged import model_path
     from ..reading.export import export_ddddocr, export_onnx, export_weights, int8_from_folder
 
     parser = argparse.ArgumentParser(prog="captcha-export", description="Export a captcha-lit checkpoint: ONNX, its int8 copy, ddddocr, or fp16 weights")
-    parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt)")
+    parser.add_argument("ckpt", help="a captcha-lit checkpoint (.ckpt), or pretrained:NAME for a packaged reader")
     parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint; with --int8 its "
                                                   "int8 copy CHECKPOINT.int8.onnx, which predict.py then reads with)")
     parser.add_argument("--format", choices=("onnx", "ddddocr", "weights"), default="onnx",
@@ -135,6 +136,11 @@ def export(argv=None):
     args = parser.parse_args(argv)
     if args.int8 and args.format != "onnx":
         parser.error(f"--int8 makes an int8 ONNX model (--format onnx), not --format {args.format}")
+    ckpt = run_reporting(model_path, args.ckpt)
+    if args.output is None and args.ckpt.startswith("pretrained:"):  # here, not beside it in the installed package
+        suffix = ".int8.onnx" if args.int8 else ".ddddocr" if args.format == "ddddocr" else ".onnx"
+        args.output = Path(ckpt.stem + suffix)
+    args.ckpt = ckpt
     if args.format == "weights":
         if not args.output:
             parser.error("--format weights: name the output, e.g. captcha-export CKPT reader.ckpt --format weights")

@@ -119,7 +119,7 @@ def list_inputs(data_dir: Path) -> tuple[list[str], list[str] | None, str]:
                 inside(data_dir, filename, f"{data_dir / name}, line {lineno}")
             return names, ([label for _, _, label in rows] if kind == "labelled" else None), kind
     # a plain folder: every image below it
-    names = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    names = sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for name in names:  # a name the CSV could not hold as UTF-8 text
         try:
             name.encode("utf-8")

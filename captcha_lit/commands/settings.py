@@ -74,16 +74,17 @@ READING = [("device", DEVICE), ("precision", choice("auto", "int8", "32", "bf16"
 SCHEMA = {
     "train": [
         ("seed", whole()), ("test", boolean()), ("int8", boolean()), ("final", boolean()), ("compile", boolean()),
-        ("task.narrow_alphabet", boolean()), ("task.min_width", whole(8, null=True)),
+        ("task.narrow_alphabet", boolean()), ("task.lowercase", boolean()), ("task.width", whole(8, 2048, null=True)),
+        ("task.height", whole(8, 2048, null=True)), ("task.min_width", whole(8, 2048, null=True)),
         ("data.batch_size", whole(1)), ("data.num_train", whole(1)), ("data.num_val", whole(1)),
         ("data.epoch_size", whole(1, null=True)), ("data.epoch_pixels", whole(1, null=True)),
         ("data.synthetic_ratio", number(lo=0)), ("data.real_fraction", number(above=0, hi=1, null=True)),
-        ("data.val_fraction", (number(above=0, below=1)[0], "a number above 0 and below 1 (final=true trains "
-                                                            "without it)")), ("data.test_fraction", number(lo=0, below=1)),
+        ("data.val_fraction", number(lo=0, below=1)),  # 0 only with final=true, which check_config checks
+        ("data.test_fraction", number(lo=0, below=1)),
         ("data.fold", whole(0, null=True)),
         ("data.num_workers", whole(0, null=True)), ("data.materialize", boolean()), ("data.fresh_train", boolean()),
         ("trainer.max_epochs", (lambda v: v is None or v == -1 or whole(1)[0](v), "a whole number of at least 1 "
-                                "(-1 or null: no end)")), ("trainer.max_steps", whole(-1)),
+                                "(-1: no end)")), ("trainer.max_steps", whole(-1)),
         ("trainer.log_every_n_steps", whole(0)),
         ("optimizer.lr", number(above=0)), ("optimizer.weight_decay", number(lo=0)),
         ("optimizer.momentum", number(lo=0, below=1)),

@@ -71,11 +71,21 @@ def check_config(cfg: DictConfig) -> None:
         task = OmegaConf.to_container(cfg.task, resolve=True)
         read_checkpoint(cfg.ckpt_path, expect={"task": task["name"], "head": cfg.model.head,
                                                **{k: task[k] for k in ("alphabet", "length", "width", "height")}})
-    check_settings(cfg, "train")
-    if (str(OmegaConf.select(cfg, "scheduler._target_")).endswith("one_cycle") and cfg.trainer.get("max_epochs") in
-            (None, -1) and cfg.trainer.get("max_steps", -1) == -1):
-        raise CaptchaError("trainer.max_epochs=-1 (no end) with scheduler=onecycle, whose schedule is laid out over "
-                           "the whole run: set trainer.max_epochs (or trainer.max_steps), or scheduler=cosine/none")
+    reloads = cfg.trainer.get("reload_dataloaders_every_n_epochs")
+    if cfg.data.get("fresh_train") and (cfg.data.get("root") or reloads != 1):
+        raise CaptchaError("data.fresh_train=true renders new training images every epoch: it needs "
+                           "trainer.reload_dataloaders_every_n_epochs=1 and no data.root")
+    if cfg.data.get("val_fraction") == 0 and not cfg.get("final"):  # final_training sets it, and a resume reads it back
+        raise CaptchaError("data.val_fraction=0: must be a number above 0 and below 1 (final=true trains without it)")
+    if cfg.trainer.get("max_epochs") == -1 and cfg.trainer.get("max_steps", -1) == -1:  # no end: nothing to lay out over
+        scheduler = OmegaConf.select(cfg, "scheduler._target_")
+        if scheduler:
+            name = scheduler.rsplit(".")[-1].replace("_", "")  # one_cycle: scheduler=onecycle
+            raise CaptchaError(f"trainer.max_epochs=-1 (no end) with scheduler={name}, whose schedule is laid out over "
+                               f"the whole run: set trainer.max_epochs (or trainer.max_steps), or scheduler=none")
+        if cfg.model.get("low_res", 1) < 1:
+            raise CaptchaError(f"trainer.max_epochs=-1 (no end) with model.low_res={cfg.model.low_res}, which trains the "
+                               f"first model.low_res_until of the run small: set trainer.max_epochs, or model.low_res=1")
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CaptchaError("trainer.accelerator=gpu, but no CUDA GPU is visible: use trainer=cpu (or trainer=default)")
@@ -143,6 +153,7 @@ def train(cfg: DictConfig, overrides=(), callbacks=()) -> float:
             refuse_used_run_folder(cfg.output_dir)
     precision, why = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     print(f"trainer.precision={cfg.trainer.precision}: {precision} ({why})")
+    check_settings(cfg, "train")  # types first: task=auto reads task.* as it infers the rest
     resolve_task(cfg)
     check_config(cfg)
     narrow_alphabet(cfg)

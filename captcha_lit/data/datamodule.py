@@ -73,7 +73,7 @@ class CaptchaDataModule(pl.LightningDataModule):
         return materialize(ds, self.num_workers or 1, "loading images") if self.materialize else ds
 
     def setup(self, stage: str | None = None):
-        if self.val_set is not None:
+        if self.train_set is not None:  # set up once: fit, validate and test share the splits
             return
         if self.root is None:
             self.train_set = self._rendered(self.num_train, "train")
@@ -89,7 +89,8 @@ class CaptchaDataModule(pl.LightningDataModule):
         train_idx, val_idx, test_idx = split(len(items), self.val_fraction, self.seed, self.test_fraction, self.fold)
         if len(train_idx) == 0:
             raise CaptchaError(f"{self.root}: {len(items)} usable {self.task.name} image(s) leave none to train on after "
-                               f"the validation split: add images or lower data.val_fraction={self.val_fraction}")
+                               f"the validation ({len(val_idx)}) and test ({len(test_idx)}) splits: add images, or lower "
+                               f"data.val_fraction={self.val_fraction} or data.test_fraction={self.test_fraction}")
         self.train_set = self._folder([items[i] for i in train_idx])
         self.real_train_size = len(train_idx)
         n_rendered = round(self.synthetic_ratio * len(train_idx))

@@ -129,6 +129,9 @@ def split(n: int, val_fraction: float, seed: int, test_fraction: float = 0.0, fo
         if not 0 <= fold < folds:
             raise CaptchaError(f"data.fold={fold}: data.test_fraction={test_fraction} makes {folds} folds"
                                + (f" (0 to {folds - 1})" if folds else ": set data.test_fraction=0.2 for 5"))
+        if folds > n:  # some folds would test on nothing
+            raise CaptchaError(f"data.test_fraction={test_fraction} makes {folds} folds of {n} images: fewer folds "
+                               f"than images, please")
         start, end = round(fold * n / folds), round((fold + 1) * n / folds)
         order, n_test = np.concatenate([order[start:end], order[:start], order[end:]]), end - start
     return np.sort(order[n_test + n_val:]), np.sort(order[n_test:n_test + n_val]), np.sort(order[:n_test])

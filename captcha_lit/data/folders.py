@@ -52,7 +52,7 @@ def inside(root: Path, filename: str, where: str) -> Path:
     """root/filename, refusing names that point outside root (absolute, or through '..'). The name
     is checked as written, not resolved: images linked in from elsewhere are fine."""
     parts = Path(os.path.normpath(filename)).parts
-    if Path(filename).is_absolute() or not parts or parts[0] in ("..", "."):
+    if Path(filename).anchor or not parts or parts[0] in ("..", "."):
         raise CaptchaError(f"{where}: {filename!r} points outside {root}; name images relative to the folder")
     return root / filename
 

@@ -26,17 +26,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def fit(img: Image.Image, width: int, height: int, where: str) -> np.ndarray:
+    """A PIL image as the model's (height, width, 3) uint8 RGB, resized (bilinear) when its size
+    differs: training, reading and serving all see an image through this."""
+    if 0 in img.size:
+        raise CaptchaError(f"{where}: an empty image ({img.width}x{img.height})")
+    img = to_rgb(img)
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def load_image(path, width: int, height: int) -> np.ndarray:
     """An image file as (height, width, 3) uint8 RGB, resized when its size differs."""
     regular_file(path, "image")
     try:
         with Image.open(path, formats=sorted(FORMATS)) as img:
-            if 0 in img.size:
-                raise CaptchaError(f"{path}: an empty image ({img.width}x{img.height})")
-            img = to_rgb(img)
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return fit(img, width, height, str(path))
     except FileNotFoundError:
         raise CaptchaError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -81,10 +81,10 @@ class Reading(torch.nn.Module):
         return self.net(x.to(self.mean.dtype))  # the weights' dtype: float32, or bfloat16 after .to(torch.bfloat16)
 
 
-def load_network(path, expect: dict | None = None) -> tuple[ModelSpec, Reading]:
+def load_network(path) -> tuple[ModelSpec, Reading]:
     """(what the model reads, the inference network in eval mode): the weight average when the run
     kept one, else the trained weights. Imports neither Lightning nor the renderer."""
-    hp, state = read_checkpoint(path, expect)
+    hp, state = read_checkpoint(path)
     spec = ModelSpec.read(hp, str(path))
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     try:

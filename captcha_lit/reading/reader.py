@@ -13,29 +13,28 @@ from tqdm import tqdm
 from ..data.alphabet import ctc_keep, decode
 from ..errors import CaptchaError
 from ..files import regular_file
-from ..data.images import load_image, to_rgb
+from ..data.images import fit, load_image
 from ..parallel import ordered_map
 from ..model.spec import ModelSpec
 
 
-def _to_array(image, width: int, height: int) -> np.ndarray:
-    """A path, PIL image or (H, W, 3) uint8 array as (H, W, 3) uint8 of the model's size."""
+def _to_array(item, width: int, height: int) -> np.ndarray:
+    """(i, image), image a path, PIL image or uint8 array of any size ((H, W) grey, (H, W, 3) RGB
+    or (H, W, 4) RGBA), as (height, width, 3) uint8 RGB; a failure names images[i]."""
+    i, image = item
     if isinstance(image, (str, Path)):
         return load_image(image, width, height)
-    if isinstance(image, Image.Image):
-        try:
-            image = to_rgb(image)
-        except (ValueError, OSError) as e:  # a closed image, one whose file has gone
-            raise CaptchaError(f"a PIL image that cannot be read ({e})") from None
-        if 0 in image.size:
-            raise CaptchaError(f"an empty PIL image ({image.width}x{image.height})")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
-    array = np.asarray(image)
-    if array.shape != (height, width, 3) or array.dtype != np.uint8:
-        raise CaptchaError(f"image array of shape {array.shape} and dtype {array.dtype}: expected ({height}, {width}, 3) uint8")
-    return array
+    if isinstance(image, np.ndarray):
+        if image.shape == (height, width, 3) and image.dtype == np.uint8:
+            return image  # already what the model reads
+        if image.dtype != np.uint8 or not (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+            raise CaptchaError(f"images[{i}]: an array of shape {image.shape} and dtype {image.dtype}; expected uint8 "
+                               f"(H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    try:
+        return fit(image, width, height, f"images[{i}]")
+    except (ValueError, OSError) as e:  # a closed image, one whose file has gone
+        raise CaptchaError(f"images[{i}]: a PIL image that cannot be read ({e})") from None
 
 
 def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[str], np.ndarray]:
@@ -299,7 +298,7 @@ class CaptchaReader:
         load = partial(_to_array, width=self.spec.width, height=self.spec.height)
         with tqdm(total=len(images), desc=f"reading {self.spec.task}", unit="img", disable=not progress) as bar:
             batch = []
-            for array in ordered_map(load, images, self.num_workers):
+            for array in ordered_map(load, list(enumerate(images)), self.num_workers):
                 batch.append(array)
                 if len(batch) == self.batch_size:
                     yield batch
@@ -311,16 +310,17 @@ class CaptchaReader:
 
     def predict(self, images, progress: bool = False) -> tuple[list[str], np.ndarray]:
         """Labels and their confidence (product of the per-character softmax maxima). `images` is a
-        list; a single path, PIL image or (H, W, 3) array is read as a list of one."""
-        single = isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3)
+        list; a single path, PIL image or array of one image is read as a list of one."""
+        # one array of 2 or 3 dimensions is one image (grey, RGB or RGBA); of 4, a stack of them
+        single = isinstance(images, (str, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
         if not single and not hasattr(images, "__iter__"):
-            raise CaptchaError(f"read({type(images).__name__}): give an image (a path, PIL image or (H, W, 3) uint8 "
-                               f"array) or a list of them")
+            raise CaptchaError(f"read({type(images).__name__}): give an image (a path, PIL image or uint8 array) or a "
+                               f"list of them")
         images = [images] if single else list(images)
         bad = next((i for i, x in enumerate(images) if not isinstance(x, (str, Path, Image.Image, np.ndarray))), None)
         if bad is not None:
             raise CaptchaError(f"read(): images[{bad}] is a {type(images[bad]).__name__}; each must be a path, PIL image "
-                               f"or (H, W, 3) uint8 array")
+                               f"or uint8 array")
         labels, confidence = [], []
         for batch in self._batches(images, progress):
             logits = self.logits(np.stack(batch))
@@ -332,5 +332,5 @@ class CaptchaReader:
         return labels, np.concatenate(confidence) if confidence else np.zeros(0)
 
     def read(self, images, progress: bool = False) -> list[str]:
-        """The text of each image (PIL images, file paths or (H, W, 3) uint8 arrays)."""
+        """The text of each image (file paths, PIL images or uint8 arrays: (H, W) grey, (H, W, 3) RGB, (H, W, 4) RGBA)."""
         return self.predict(images, progress)[0]

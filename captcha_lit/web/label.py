@@ -5,6 +5,7 @@ temporary name and renamed into place; images marked unreadable and the session'
 DIR/.captcha-label.json the same way. Started again, it continues with the first image that has
 no answer. Only the images listed from DIR at start are ever served: no URL reaches another file."""
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from ..data.folders import read_csv_rows
 from ..data.images import IMAGE_SUFFIXES, image_size
 from ..errors import CaptchaError
 from ..files import atomic_write_text, regular_file, write_labels_csv
+
+log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("label.html")
 STATE = ".captcha-label.json"
@@ -56,9 +59,11 @@ class Labels:
             try:
                 state = json.loads(regular_file(self.state_path, "state file").read_text(encoding="utf-8"))
                 unreadable, counts = state.get("unreadable", []), state.get("counts", {})
-                assert isinstance(unreadable, list) and all(isinstance(n, str) for n in unreadable)
-                assert isinstance(counts, dict) and all(isinstance(counts.get(k, 0), int) for k in ("accepted", "typed"))
-            except (ValueError, UnicodeDecodeError, AttributeError, AssertionError):
+                names_ok = isinstance(unreadable, list) and all(isinstance(n, str) for n in unreadable)
+                counts_ok = isinstance(counts, dict) and all(isinstance(counts.get(k, 0), int) for k in ("accepted", "typed"))
+                if not (names_ok and counts_ok):  # checked in -O too: not asserts
+                    raise ValueError("not the state's fields")
+            except (ValueError, UnicodeDecodeError, AttributeError):
                 raise CaptchaError(f"{self.state_path}: not captcha-label's state file (the unreadable images and the "
                                    f"counts); move it away to start the counts anew (annotations.csv keeps the labels)")
         self.unreadable = set(state.get("unreadable", []))
@@ -71,8 +76,18 @@ class Labels:
         arrive at once."""
         for i in range(0, len(self.names), 32):
             batch = self.names[i:i + 32]
-            texts, confidence = self.reader.predict([self.root / n for n in batch])
-            self.guesses.update({n: (t, float(c)) for n, t, c in zip(batch, texts, confidence)})
+            try:
+                self._guess(batch)
+            except CaptchaError:  # one image whose header reads but whose pixels do not: the others one by one
+                for name in batch:
+                    try:
+                        self._guess([name])
+                    except CaptchaError as e:
+                        log.warning(f"no guess for {name}: {e}")
+
+    def _guess(self, names):
+        texts, confidence = self.reader.predict([self.root / n for n in names])
+        self.guesses.update({n: (t, float(c)) for n, t, c in zip(names, texts, confidence)})
 
     def items(self) -> list[dict]:
         rows = [{"name": n, "label": self.labels.get(n), "unreadable": n in self.unreadable,
@@ -82,7 +97,8 @@ class Labels:
         if self.order == "confidence" and ready:  # least confident first: where the reader needs a person most
             rows.sort(key=lambda r: r["confidence"] if r["confidence"] is not None else -1)
         elif self.order == "disagree" and ready:  # labels the reader reads otherwise first: likely typos
-            fold = str.lower if self.reader.fold_case else str  # lower-case guesses disagree with no label by case alone
+            # a reader that folds case, or was trained on lower-cased labels, disagrees with no label by case alone
+            fold = str.lower if self.reader.fold_case or self.reader.spec.lowercase else str
             rows.sort(key=lambda r: not (r["label"] is not None and r["guess"] is not None
                                          and fold(r["label"]) != r["guess"]))
         return rows

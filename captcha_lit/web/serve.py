@@ -30,12 +30,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import CaptchaError
-from ..data.images import FORMATS, to_rgb
+from ..data.images import FORMATS, fit
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for. Each has a 4xx answer that names it."""
+    """What one request may ask for. Each has an answer that names it: 4xx, or 503 for a full
+    queue and 504 past the timeout."""
     max_body_bytes: int = 8 << 20     # a captcha is a few KB; 8 MB holds a batch of large ones
     max_pixels: int = 4_000_000       # per image, read from its header before decoding (bombs: 413)
     max_images: int = 64              # per request
@@ -43,6 +44,11 @@ class Limits:
     body_timeout_s: float = 5.0       # a client that stops sending its body is cut off (408) after this
     queue_size: int = 256             # images waiting per model; beyond it 503 at once
     max_batch: int = 64               # images read together
+
+    def __post_init__(self):
+        if self.queue_size < self.max_images:  # a request it cannot hold would be answered 503 forever
+            raise CaptchaError(f"queue_size={self.queue_size} is below max_images={self.max_images}: a request of "
+                               f"{self.max_images} images could never be queued; set queue_size to at least max_images")
 
 
 class BadRequest(Exception):
@@ -61,12 +67,11 @@ def decode(data: bytes, where: str, limits: Limits, width: int, height: int) -> 
             if img.width * img.height > limits.max_pixels:
                 raise BadRequest(413, f"{where}: {img.width}x{img.height} pixels, more than the "
                                       f"{limits.max_pixels:,} an image may have")
-            img = to_rgb(img)
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return fit(img, width, height, where)
     except BadRequest:
         raise
+    except CaptchaError as e:  # an empty image
+        raise BadRequest(400, str(e)) from None
     except Image.DecompressionBombError as e:  # Pillow's own ceiling, far above max_pixels: refused at open
         raise BadRequest(413, f"{where}: more than the {limits.max_pixels:,} pixels an image may have ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
