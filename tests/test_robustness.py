@@ -647,7 +647,7 @@ def test_a_truncated_cache_file_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C
-def interrupt_when(cmd, cwd, marker, timeout=120, sig=signal.SIGINT):
+def interrupt_when(cmd, cwd, marker, timeout=300, sig=signal.SIGINT):
     """Starts cmd, sends one `sig` once `marker` appears on its stderr (or, for a path, once that
     file exists), and returns (exit code, stderr, seconds from the signal to the exit). Every
     process it started (its worker pools) must be gone a few seconds after it exits."""
@@ -665,6 +665,9 @@ def interrupt_when(cmd, cwd, marker, timeout=120, sig=signal.SIGINT):
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "finished before it could be interrupted: " + b"".join(seen).decode()[-2000:]
+    if not ready():  # a slow or busy machine: say so, rather than fail later on what the marker promised
+        proc.kill()
+        raise AssertionError(f"{marker} did not appear within {timeout} s")
     time.sleep(0.5)  # well inside the work
     sent = time.monotonic()
     proc.send_signal(sig)
