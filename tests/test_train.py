@@ -140,6 +140,15 @@ def test_weight_average_is_what_evaluates_and_survives_the_checkpoint(tmp_path):
         assert not torch.allclose(module(images), module.net(x))  # the average, not the last weights
 
 
+def test_weight_average_moves_once_per_optimizer_step_when_gradients_accumulate(tmp_path, monkeypatch):
+    steps = []
+    monkeypatch.setattr(CaptchaModule, "update_ema", lambda self, step: steps.append(step))
+    cfg = compose_cfg("train", ["trainer=cpu", "trainer.max_steps=3", "+trainer.accumulate_grad_batches=2",
+                                "model.ema=0.999", "test=false"] + TINY, tmp_path)
+    train(cfg)
+    assert steps == [0, 1, 2]  # 6 batches, 3 steps
+
+
 def test_weight_average_warms_up_from_the_current_weights():
     module = CaptchaModule(**module_args("task1"), ema=0.999)
     start = module.ema_net.stem[0].weight.clone()

@@ -221,8 +221,13 @@ class CaptchaModule(pl.LightningModule):
             if not e.is_floating_point():  # BatchNorm's batch counters
                 e.copy_(n)
 
+    def on_train_start(self):
+        self._ema_step = self.global_step  # restored on resume
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema_net is not None:
+        # once per optimizer step: under trainer.accumulate_grad_batches most batches only add gradients
+        if self.ema_net is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
             self.update_ema(self.global_step - 1)  # global_step already counts this step
 
     def validation_step(self, batch, batch_idx):
