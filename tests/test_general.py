@@ -38,6 +38,28 @@ def test_the_general_style_is_seeded_varied_and_labelled_within_the_task():
     assert len(font_pool()) >= 1
 
 
+def test_the_shares_of_the_competitions_generator_and_look_are_data_settings(monkeypatch):
+    import captcha_lit.data.styles as styles
+    from captcha_lit.commands.settings import check_settings
+    from captcha_lit.data.datamodule import CaptchaDataModule
+    drawn = []
+    real = styles.draw_imagecaptcha
+    monkeypatch.setattr(styles, "draw_imagecaptcha", lambda *a: drawn.append(a[3].__name__ if len(a) > 3 else "ImageCaptcha")
+                        or real(*a))
+    for shares, looks in (((0.0, 0.0), set()), ((1.0, 0.0), {"ImageCaptcha"}), ((0.0, 1.0), {"KaggleStyleCaptcha"})):
+        drawn.clear()
+        dm = CaptchaDataModule(dict(name="general", length=[1, 8], alphabet=ALNUM, width=128, height=48),
+                               style="general", imagecaptcha_share=shares[0], kaggle_share=shares[1], num_workers=0)
+        for i in range(20):
+            dm.renderer.render(sample_rng(0, "train", i))
+        assert set(drawn) == looks and len(drawn) == (20 if looks else 0)
+    with pytest.raises(CaptchaError, match="add up to at most 1"):
+        Renderer(128, 48, [1, 8], ALNUM, style="general", imagecaptcha_share=0.5, kaggle_share=0.6)
+    cfg = compose_cfg("train", ["experiment=pretrain_general", "data.imagecaptcha_share=1.5"])
+    with pytest.raises(CaptchaError, match=r"data.imagecaptcha_share=1.5: .*at most 1"):
+        check_settings(cfg, "train")
+
+
 def test_a_ctc_head_keeps_the_rows_of_the_characters_both_alphabets_read(tmp_path, capsys):
     assert ctc_rows("ab1", "1bz") == [0, 3, 2, None]
     pre = CaptchaModule(task("abc123"), **TINY_CTC)

@@ -83,6 +83,7 @@ SCHEMA = {
         ("data.test_fraction", number(lo=0, below=1)),
         ("data.fold", whole(0, null=True)),
         ("data.num_workers", whole(0, null=True)), ("data.materialize", boolean()), ("data.fresh_train", boolean()),
+        ("data.imagecaptcha_share", number(lo=0, hi=1)), ("data.kaggle_share", number(lo=0, hi=1)),
         ("trainer.max_epochs", (lambda v: v is None or v == -1 or whole(1)[0](v), "a whole number of at least 1 "
                                 "(-1: no end)")), ("trainer.max_steps", whole(-1)),
         ("trainer.log_every_n_steps", whole(0)),

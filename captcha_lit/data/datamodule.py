@@ -36,7 +36,8 @@ class CaptchaDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.15,
                  test_fraction: float = 0.0, fold: int | None = None, batch_size: int = 128, seed: int = 0, materialize: bool = True,
                  cache_dir: str | None = None, num_workers: int | None = None, pin_memory: bool | None = None,
-                 font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False):
+                 font_sizes=None, fonts: str | None = None, style: str = "imagecaptcha", fresh_train: bool = False,
+                 imagecaptcha_share: float = 0.25, kaggle_share: float = 0.0):
         super().__init__()
         self.task = from_config(task)
         self.root, self.num_train, self.num_val = root, num_train, num_val
@@ -51,7 +52,8 @@ class CaptchaDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.num_workers = os.cpu_count() if num_workers is None else num_workers
         t = self.task
-        self.renderer = Renderer(t.width, t.height, t.length, t.alphabet, font_sizes, style, fonts)
+        self.renderer = Renderer(t.width, t.height, t.length, t.alphabet, font_sizes, style, fonts, imagecaptcha_share,
+                                 kaggle_share)
         self.train_set = self.val_set = self.test_set = None
         # rendered training images drawn anew every epoch (needs trainer.reload_dataloaders_every_n_epochs=1):
         # a long pretraining never sees an image twice, and rendering never shares the cores with training

@@ -88,7 +88,8 @@ def materialize(dataset: Dataset, processes: int, desc: str) -> ArrayDataset:
 def cached(dataset: RenderedDataset, cache_dir, processes: int) -> ArrayDataset:
     """Renders `dataset` once into `cache_dir` as .npy files and memory-maps them on later runs."""
     r = dataset.renderer
-    key = (f"{r.width}x{r.height}-{r.lengths}-{r.alphabet}-{r.font_sizes}-{r.fonts}-{r.style}-{dataset.seed}-"
+    style = f"{r.style}{r.imagecaptcha_share},{r.kaggle_share}" if r.style == "general" else r.style
+    key = (f"{r.width}x{r.height}-{r.lengths}-{r.alphabet}-{r.font_sizes}-{r.fonts}-{style}-{dataset.seed}-"
            f"{dataset.stream}-{dataset.size}")
     name = hashlib.sha1(key.encode()).hexdigest()[:16]
     img_path, tgt_path = Path(cache_dir) / f"{name}-images.npy", Path(cache_dir) / f"{name}-targets.npy"

@@ -4,39 +4,12 @@ import random
 from pathlib import Path
 
 import numpy as np
-from captcha import image as captcha_image
 from captcha.image import ImageCaptcha
-from PIL.ImageDraw import Draw
 
 from ..errors import CaptchaError
 from .seeded import captcha_drawing_from
-from .styles import draw_general
+from .styles import KaggleStyleCaptcha, draw_general
 from .tasks import length_range
-
-class KaggleStyleCaptcha(ImageCaptcha):
-    """ImageCaptcha drawn like the competition's images: every character in its own colour,
-    multicoloured cross-shaped noise and one thin dark curve, on a pale background. Its
-    randomness also comes from captcha's `secrets`, so it is seeded the same way."""
-
-    def _draw_character(self, c, draw, color):
-        return super()._draw_character(c, draw, _colour(96, 200) + (255,))  # a new colour per character
-
-    def generate_image(self, chars, bg_color=None, fg_color=None):
-        im = self.create_captcha_image(chars, None, _colour(238, 255))
-        draw = Draw(im)
-        w, h = im.size
-        for _ in range(captcha_image.secrets.randbelow(30) + 30):  # small "x" crosses, each its own colour
-            x, y, r = captcha_image.secrets.randbelow(w), captcha_image.secrets.randbelow(h), 1
-            colour = _colour(0, 255)
-            draw.line(((x - r, y - r), (x + r, y + r)), fill=colour, width=1)
-            draw.line(((x - r, y + r), (x + r, y - r)), fill=colour, width=1)
-        self.create_noise_curve(im, _colour(20, 140))
-        return im
-
-
-def _colour(low: int, high: int) -> tuple[int, int, int]:
-    return tuple(captcha_image.secrets.randbelow(high - low + 1) + low for _ in range(3))
-
 
 STYLES = {"imagecaptcha": ImageCaptcha, "kaggle": KaggleStyleCaptcha, "general": None}  # general: styles.py
 
@@ -57,17 +30,23 @@ class Renderer:
     length: a number or a [shortest, longest] range (each image draws its length uniformly).
     style: "imagecaptcha" (the package's own look), "kaggle" (closer to the competition's images) or
     "general" (a new style for every image, styles.py: what the general reader pretrains on).
-    fonts: a folder of .ttf/.otf files (None: the package's own fonts)."""
+    fonts: a folder of .ttf/.otf files (None: the package's own fonts).
+    imagecaptcha_share, kaggle_share: with style "general", the shares of images drawn by the `captcha`
+    package's ImageCaptcha, the generator of the competition's images, with the pool's fonts, and in the
+    competition's look (both 0: a reader that never saw either)."""
 
     def __init__(self, width: int, height: int, length, alphabet: str, font_sizes=None,
-                 style: str = "imagecaptcha", fonts=None):
+                 style: str = "imagecaptcha", fonts=None, imagecaptcha_share: float = 0.25, kaggle_share: float = 0.0):
         if style not in STYLES:
             raise CaptchaError(f"data.style={style!r}: choose {' or '.join(STYLES)}")
+        if not (0 <= imagecaptcha_share and 0 <= kaggle_share and imagecaptcha_share + kaggle_share <= 1):
+            raise CaptchaError(f"data.imagecaptcha_share={imagecaptcha_share}, data.kaggle_share={kaggle_share}: "
+                               f"give shares of at least 0 that add up to at most 1")
         self.width, self.height, self.lengths, self.alphabet = width, height, length_range(length), alphabet
         # None: the package's sizes (42, 50, 56), made for its 60-pixel high default, scaled down for lower images
         self.font_sizes = tuple(font_sizes) if font_sizes else tuple(round(s * min(1.0, height / 60)) for s in (42, 50, 56))
         self.fonts = font_files(fonts) if fonts else None
-        self.style = style
+        self.style, self.imagecaptcha_share, self.kaggle_share = style, imagecaptcha_share, kaggle_share
         self._captcha = None
 
     def __getstate__(self):
@@ -76,7 +55,8 @@ class Renderer:
     def render(self, rng: random.Random) -> tuple[np.ndarray, str]:
         """One (H, W, 3) uint8 image and its label, fully determined by `rng`."""
         if self.style == "general":
-            return draw_general(rng, self.alphabet, self.lengths, self.width, self.height)
+            return draw_general(rng, self.alphabet, self.lengths, self.width, self.height,
+                                self.imagecaptcha_share, self.kaggle_share)
         if self._captcha is None:
             self._captcha = STYLES[self.style](self.width, self.height, fonts=self.fonts, font_sizes=self.font_sizes)
         lo, hi = self.lengths

@@ -4,8 +4,9 @@ Each image draws its own style: canvas size, fonts (one or one per character), s
 overlap, rotation and shear, colours (one for the text or one per character), background (plain,
 gradient, blotchy texture, a tile per character in any colour with a glyph that contrasts with it,
 light or dark), lines, curves and strokes as thick as the glyphs' through the text, dots, rings and
-snow, a wave or perspective warp, blur, pixel noise and JPEG artefacts. One image in
-`imagecaptcha_share` is drawn by the `captcha` package's ImageCaptcha with a random font of the pool.
+snow, a wave or perspective warp, blur, pixel noise and JPEG artefacts. A share of the images
+(`imagecaptcha_share`) is drawn by the `captcha` package's ImageCaptcha with a random font of the pool,
+and another (`kaggle_share`, none by default) in the competition's look with the package's own fonts.
 Everything comes from the generator it is given, so (seed, stream, index) fixes the image.
 
 It draws none of the generators the few-shot bench tests on (claptcha, wheezy.captcha,
@@ -18,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from captcha import image as captcha_image
 from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -217,20 +219,55 @@ def draw_parametric(rng: random.Random, label: str, fonts: tuple[str, ...]) -> I
     return img
 
 
-def draw_imagecaptcha(rng: random.Random, label: str, fonts: tuple[str, ...]) -> Image.Image:
-    """The captcha package's ImageCaptcha, with a font of the pool and a random size."""
+class KaggleStyleCaptcha(ImageCaptcha):
+    """ImageCaptcha drawn like the competition's images: every character in its own colour,
+    multicoloured cross-shaped noise and one thin dark curve, on a pale background. Its
+    randomness also comes from captcha's `secrets`, so it is seeded the same way."""
+
+    def _draw_character(self, c, draw, color):
+        return super()._draw_character(c, draw, _secret_colour(96, 200) + (255,))  # a new colour per character
+
+    def generate_image(self, chars, bg_color=None, fg_color=None):
+        im = self.create_captcha_image(chars, None, _secret_colour(238, 255))
+        draw = ImageDraw.Draw(im)
+        w, h = im.size
+        for _ in range(captcha_image.secrets.randbelow(30) + 30):  # small "x" crosses, each its own colour
+            x, y, r = captcha_image.secrets.randbelow(w), captcha_image.secrets.randbelow(h), 1
+            colour = _secret_colour(0, 255)
+            draw.line(((x - r, y - r), (x + r, y + r)), fill=colour, width=1)
+            draw.line(((x - r, y + r), (x + r, y - r)), fill=colour, width=1)
+        self.create_noise_curve(im, _secret_colour(20, 140))
+        return im
+
+
+def _secret_colour(low: int, high: int) -> tuple[int, int, int]:
+    return tuple(captcha_image.secrets.randbelow(high - low + 1) + low for _ in range(3))
+
+
+def draw_imagecaptcha(rng: random.Random, label: str, fonts: tuple[str, ...] | None,
+                      look: type = ImageCaptcha) -> Image.Image:
+    """The captcha package's ImageCaptcha (or a `look` derived from it) at a random size, with a font of
+    the pool, or the package's own fonts for fonts=None."""
     h = rng.randint(40, 80)
     w = int(h * rng.uniform(0.45, 0.75) * max(2, len(label))) + 10
     sizes = tuple(int(h * s) for s in (0.6, 0.7, 0.8))
     with captcha_drawing_from(rng):
-        return ImageCaptcha(w, h, fonts=[rng.choice(fonts)], font_sizes=sizes).generate_image(label)
+        return look(w, h, fonts=[rng.choice(fonts)] if fonts else None, font_sizes=sizes).generate_image(label)
 
 
 def draw_general(rng: random.Random, alphabet: str, lengths: tuple[int, int], width: int, height: int,
-                 imagecaptcha_share: float = 0.25) -> tuple[np.ndarray, str]:
+                 imagecaptcha_share: float = 0.25, kaggle_share: float = 0.0) -> tuple[np.ndarray, str]:
     """One (height, width, 3) uint8 image of a random style and its label: drawn at its own size
-    and aspect, then scaled to (width, height) as every reader scales its inputs."""
+    and aspect, then scaled to (width, height) as every reader scales its inputs. A share of them is
+    drawn by ImageCaptcha with the pool's fonts, and another in the competition's look (KaggleStyleCaptcha,
+    the package's fonts); the rest by draw_parametric."""
     label = _labels(rng, alphabet, rng.randint(*lengths))
-    draw = draw_imagecaptcha if rng.random() < imagecaptcha_share else draw_parametric
-    img = draw(rng, label, font_pool()).convert("RGB").resize((width, height), Image.BILINEAR)
+    pick = rng.random()
+    if pick < imagecaptcha_share:
+        img = draw_imagecaptcha(rng, label, font_pool())
+    elif pick < imagecaptcha_share + kaggle_share:
+        img = draw_imagecaptcha(rng, label, None, KaggleStyleCaptcha)
+    else:
+        img = draw_parametric(rng, label, font_pool())
+    img = img.convert("RGB").resize((width, height), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8), label
