@@ -689,6 +689,7 @@ TRAIN_SETTINGS = [
     ("data.fold", "first", "-1", ["FOLDER"]),
     ("data.num_workers", "two", "-1", []), ("data.materialize", "perhaps", "3", []),
     ("+data.fresh_train", "perhaps", "3", []),
+    ("data.imagecaptcha_share", "half", "1.5", []), ("data.kaggle_share", "tenth", "-0.1", []),
     ("trainer.max_epochs", "forever", "0", []), ("trainer.max_steps", "x", "-2", []),
     ("trainer.log_every_n_steps", "often", "-1", []),
     ("optimizer.lr", "fast", "0", []), ("optimizer.weight_decay", "none", "-0.1", []),

@@ -93,6 +93,7 @@ class CaptchaModule(pl.LightningModule):
         # ema > 0: an exponential moving average of the weights (and BN statistics), updated after
         # every step, is what validation, test, prediction and export use. See update_ema for its warm-up
         self.ema_net = None
+        self.ema_step = 0
         if ema:
             self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -176,6 +177,7 @@ class CaptchaModule(pl.LightningModule):
         # size, where the model is validated and used
         if self.hparams.low_res < 1:
             self.low_res_steps = self.hparams.low_res_until * self.trainer.estimated_stepping_batches
+        self.ema_step = self.global_step  # the step the weight average last moved at (restored on resume)
 
     def on_train_epoch_start(self):
         self.train_sums = torch.zeros(3, device=self.device)
@@ -221,13 +223,10 @@ class CaptchaModule(pl.LightningModule):
             if not e.is_floating_point():  # BatchNorm's batch counters
                 e.copy_(n)
 
-    def on_train_start(self):
-        self._ema_step = self.global_step  # restored on resume
-
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # once per optimizer step: under trainer.accumulate_grad_batches most batches only add gradients
-        if self.ema_net is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
+        if self.ema_net is not None and self.global_step != self.ema_step:
+            self.ema_step = self.global_step
             self.update_ema(self.global_step - 1)  # global_step already counts this step
 
     def validation_step(self, batch, batch_idx):
