@@ -88,8 +88,7 @@ def materialize(dataset: Dataset, processes: int, desc: str) -> ArrayDataset:
 def cached(dataset: RenderedDataset, cache_dir, processes: int) -> ArrayDataset:
     """Renders `dataset` once into `cache_dir` as .npy files and memory-maps them on later runs."""
     r = dataset.renderer
-    shares = (float(r.imagecaptcha_share), float(r.kaggle_share))
-    style = f"{r.style}{shares}" if r.style == "general" and shares != (0.25, 0.0) else r.style  # keys as before
+    style = f"{r.style}{float(r.imagecaptcha_share)},{float(r.kaggle_share)}" if r.style == "general" else r.style
     key = (f"{r.width}x{r.height}-{r.lengths}-{r.alphabet}-{r.font_sizes}-{r.fonts}-{style}-{dataset.seed}-"
            f"{dataset.stream}-{dataset.size}")
     name = hashlib.sha1(key.encode()).hexdigest()[:16]
