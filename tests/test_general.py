@@ -76,6 +76,27 @@ def test_a_ctc_head_keeps_the_rows_of_the_characters_both_alphabets_read(tmp_pat
     assert "CTC head: 3 characters kept, 'x' fresh" in capsys.readouterr().out
 
 
+def test_a_wider_network_starts_computing_what_the_narrow_one_did(tmp_path, capsys):
+    pre = CaptchaModule(task("abc123"), **TINY_CTC)
+    for m in pre.modules():  # BatchNorm statistics of their own, so that they must be carried over
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    path = tmp_path / "pre.ckpt"
+    torch.save({"hyper_parameters": dict(pre.hparams), "state_dict": pre.state_dict()}, path)
+    images = torch.rand(3, 3, 48, 64)
+    for alphabet in ("abc123", "31xa"):  # the same head, and one mapped by character
+        wide = CaptchaModule(task(alphabet), **{**TINY_CTC, "widths": [16, 24, 48, 40]})
+        start_from(wide, path)
+        assert "widened" in capsys.readouterr().out
+        rows = [r for r in ctc_rows("abc123", alphabet) if r is not None]
+        kept = [i for i, r in enumerate(ctc_rows("abc123", alphabet)) if r is not None]
+        with torch.no_grad():
+            expected = pre.net.eval()(images)[..., rows]
+            got = wide.net.eval()(images)[..., kept]
+        torch.testing.assert_close(got, expected)
+        assert wide.net.heads.weight.shape == (len(alphabet) + 1, 40)
+
+
 def test_reading_narrowed_to_some_characters_and_folded_case():
     alphabet = "1aA"  # CTC classes: blank, '1', 'a', 'A'
     steps = np.log(np.array([[[0.1, 0.2, 0.3, 0.4], [0.9, 0.05, 0.03, 0.02]]]))  # 'A' then blank

@@ -54,8 +54,6 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
-
-
 def _colour(rng: random.Random, luminance: tuple[int, int]) -> tuple[int, int, int]:
     """A random colour whose mean channel lies in `luminance`."""
     target = rng.randint(*luminance)

@@ -1,5 +1,7 @@
 """init_from=CKPT: a run that starts from another model's weights (fine-tuning, or another
-alphabet or length), with what does not fit started fresh."""
+alphabet or length, or a wider network), with what does not fit started fresh."""
+import torch
+
 from ..errors import CaptchaError
 from .checkpoint import read_checkpoint
 from .packaged import model_path, pretrained
@@ -27,12 +29,27 @@ def head_rows(theirs: ModelSpec, ours: ModelSpec) -> list[int | None] | None:
     return [p * len(old) + old.index(c) if c in old else None for p in range(ours.steps) for c in ours.alphabet]
 
 
+def widened(old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor | None:
+    """A layer of a wider network (more channels, same kernel) started from the narrow one's: `old` fills
+    the leading slice of `fresh` (the wider layer's own initialisation) and the weights from the new input
+    channels into the old outputs are zero, so the wider network computes what the narrow one did and its
+    new channels learn from there. None where `old` does not fit that way."""
+    if old.dim() != fresh.dim() or old.shape[2:] != fresh.shape[2:] or any(o > n for o, n in zip(old.shape, fresh.shape)):
+        return None
+    value = fresh.clone()
+    value[tuple(slice(0, n) for n in old.shape)] = old
+    if old.dim() > 1:
+        value[:old.shape[0], old.shape[1]:] = 0
+    return value
+
+
 def start_from(model, path) -> None:
     """init_from=CKPT: the run starts from that checkpoint's weights wherever a name and shape
     match (a network pretrained on rendered images, or trained on another alphabet or length).
     A head of another alphabet keeps the rows of the characters both read (a character the
     checkpoint never read starts fresh); per-position heads of another length or a head of the
-    other kind start fresh. init_from=pretrained: the reader captcha-lit ships for the task;
+    other kind start fresh. A network of wider stages (model.widths) starts from the narrow one's function
+    (widened). init_from=pretrained: the reader captcha-lit ships for the task;
     pretrained:NAME: the packaged reader NAME (pretrained:general). The optimizer, schedule and epochs start anew."""
     path = pretrained(model.spec.task) if path == "pretrained" else model_path(path)
     hparams, state = read_checkpoint(path)
@@ -50,13 +67,21 @@ def start_from(model, path) -> None:
             raise CaptchaError(f"init_from={path}: it was trained with model.{key}={list(getattr(theirs, key))}, this "
                                f"run sets {list(getattr(ours, key))}: set model.{key}={list(getattr(theirs, key))} "
                                f"(or init_from=null)")
-    fits = {k: source[name] for k in own if (name := k.split(".", 1)[1]) in source and source[name].shape == own[k].shape
-            and (same_heads or not name.startswith("heads."))}
+    fits, wider = {}, 0
+    for k in own:
+        name = k.split(".", 1)[1]
+        if name not in source or (name.startswith("heads.") and not same_heads):
+            continue
+        value = source[name] if source[name].shape == own[k].shape else widened(source[name], own[k])
+        if value is not None:
+            fits[k], wider = value, wider + (value.shape != source[name].shape)
     mapped = ""
     rows = None if same_heads else head_rows(theirs, ours)
     if rows is not None and all(f"heads.{p}" in source for p in ("weight", "bias")):
         for p in ("weight", "bias"):
             key, old = f"net.heads.{p}", source[f"heads.{p}"]
+            if old.dim() == 2 and old.shape[1] < own[key].shape[1]:  # a wider network's new features: read by no row yet
+                old = torch.nn.functional.pad(old, (0, own[key].shape[1] - old.shape[1]))
             if old.shape[1:] != own[key].shape[1:]:
                 break
             value = own[key].clone()
@@ -78,4 +103,5 @@ def start_from(model, path) -> None:
     model.load_state_dict(fits, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in fits})
     print(f"init_from={path}: {len(fits)} of {len(own)} weights loaded{mapped}"
+          + (f"; {wider} widened" if wider else "")
           + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
