@@ -258,10 +258,10 @@ def test_init_from_loads_the_fitting_weights_and_starts_other_heads_fresh(tmp_pa
     train(compose_cfg("train", [f"resume={run}", "trainer.max_epochs=2"]), overrides=["trainer.max_epochs=2"])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
-    other = CaptchaModule(**module_args("task2"), widths=[8, 8, 8, 8])  # no weight fits
+    other = CaptchaModule(**module_args("task2"), widths=[24, 24, 48, 48])  # wider than TINY's: weights widen, never narrow
     torch.save({"hyper_parameters": dict(other.hparams), "state_dict": other.state_dict()}, path)
     with pytest.raises(CaptchaError, match=r"init_from=.*none of its weights fit this model \(init_from=null trains from scratch\): it has "
-                                           r"widths=\[8, 8, 8, 8\]"):
+                                           r"widths=\[24, 24, 48, 48\]"):
         train(compose_cfg("train", ["trainer=cpu", f"init_from={path}"] + TINY, tmp_path / "run2"))
 
 
