@@ -161,6 +161,16 @@ def test_fresh_train_renders_new_images_every_epoch():
         seen.append(dm.train_set.images.copy())
     assert not np.array_equal(seen[0], seen[1]) and np.array_equal(seen[1], seen[2])
     assert not np.array_equal(seen[1], seen[3])
+    # a run resumed at epoch 2 renders that epoch's set and no other
+    resumed = CaptchaDataModule(task, num_train=8, num_val=4, batch_size=4, style="general", fresh_train=True,
+                                num_workers=0)
+    rendered = []
+    real = resumed._rendered
+    resumed._rendered = lambda size, stream: rendered.append(stream) or real(size, stream)
+    resumed.setup()
+    resumed.trainer = SimpleNamespace(current_epoch=2)
+    resumed.train_dataloader()
+    assert rendered == ["val", "test", "train2"] and np.array_equal(resumed.train_set.images, seen[3])
 
 
 def test_auto_starts_from_the_general_reader_with_its_rows_of_the_users_characters(tmp_path, capsys):

@@ -75,10 +75,12 @@ class CaptchaDataModule(pl.LightningDataModule):
         return materialize(ds, self.num_workers or 1, "loading images") if self.materialize else ds
 
     def setup(self, stage: str | None = None):
-        if self.train_set is not None:  # set up once: fit, validate and test share the splits
+        if self.val_set is not None or self.train_set is not None:  # set up once: fit, validate and test share the splits
             return
         if self.root is None:
-            self.train_set = self._rendered(self.num_train, "train")
+            # fresh_train: train_dataloader renders the set of the epoch training starts at (a resumed
+            # run renders none it would discard)
+            self.train_set = None if self.fresh_train else self._rendered(self.num_train, "train")
             self.val_set = self._rendered(self.num_val, "val")
             self.test_set = self._rendered(self.num_val, "test")
             return
@@ -127,8 +129,9 @@ class CaptchaDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if self.fresh_train and self.root is None and epoch != self.train_epoch:
-            self.train_set, self.train_epoch = self._rendered(self.num_train, f"train{epoch}"), epoch
+        if self.fresh_train and self.root is None and (self.train_set is None or epoch != self.train_epoch):
+            self.train_set = self._rendered(self.num_train, f"train{epoch}" if epoch else "train")
+            self.train_epoch = epoch
         return self._loader(self.train_set, shuffle=True, weights=self.train_weights)
 
     def val_dataloader(self):
