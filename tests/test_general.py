@@ -11,7 +11,7 @@ from captcha_lit.model.module import CaptchaModule
 from captcha_lit.reading.reader import CaptchaReader, restriction
 from captcha_lit.data.render import Renderer
 from captcha_lit.data.seeded import sample_rng
-from captcha_lit.data.styles import font_pool
+from captcha_lit.data.styles import PER_FAMILY, _draws_letters, font_pool
 from captcha_lit.model.packaged import model_path
 from captcha_lit.model.warm_start import ctc_rows, start_from
 from tests.helpers import compose_cfg, make_named_folder
@@ -36,6 +36,26 @@ def test_the_general_style_is_seeded_varied_and_labelled_within_the_task():
     # different backgrounds: the mean colour of the images spreads widely
     assert np.std([img.mean() for img, _ in drawn]) > 15
     assert len(font_pool()) >= 1
+
+
+def test_the_font_pool_keeps_fonts_that_draw_every_character_in_both_cases():
+    from collections import Counter
+    from pathlib import Path
+
+    import captcha
+    from PIL import ImageFont
+    real = ImageFont.truetype(str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"), 32)
+
+    class Redrawn:  # the font, drawing some characters as others
+        def __init__(self, swap):
+            self.getmask = lambda c: real.getmask(swap(c))
+
+    assert _draws_letters(real)
+    assert not _draws_letters(Redrawn(str.upper))  # small caps / unicase: lower case is upper case
+    assert not _draws_letters(Redrawn(lambda c: "\U0010FFFD" if c == "q" else c))  # no glyph for q
+    assert _draws_letters(Redrawn(lambda c: "o" if c == "q" else c))  # a font may draw two alike
+    families = Counter(ImageFont.truetype(p, 20).getname()[0] for p in font_pool())
+    assert max(families.values()) <= PER_FAMILY
 
 
 def test_the_shares_of_the_competitions_generator_and_look_are_data_settings(monkeypatch):

@@ -29,24 +29,60 @@ from .seeded import captcha_drawing_from
 # look alike (Amatic SC) would teach the reader to guess the case
 FONT_PACKAGES = ("font-roboto", "font-source-sans-pro", "font-source-serif-pro", "font-caladea", "font-fredoka-one",
                  "font-hanken-grotesk", "font-manrope", "font-intuitive", "font-fjallaone", "font-lato")
-SYSTEM_FONTS = Path("/usr/share/fonts/truetype/dejavu")  # Debian's fonts-dejavu, where installed
+# the system's fonts (Debian's fonts-* packages), where installed; conf/experiment/pretrain_general.yaml names
+# those the shipped reader saw
+SYSTEM_FONTS = Path("/usr/share/fonts")
+# families left out: GNU FreeFont is the few-shot bench's (bench/make_style_sets.py), the rest draw other
+# symbols in place of letters
+LEFT_OUT = ("Free", "Symbol", "D050000L", "Dingbat", "Keyboard", "Math")
+PER_FAMILY = 4  # font files kept of a family (its weights and slants), so a family of 50 weights weighs as 4
+ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _shape(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray:
+    mask = font.getmask(char)
+    img = Image.frombytes("L", mask.size, bytes(mask)).crop(mask.getbbox()).resize((12, 12), Image.BILINEAR)
+    return np.asarray(img) > 100
+
+
+def _draws_letters(font: ImageFont.FreeTypeFont) -> bool:
+    """Every digit and letter has a glyph of its own, and lower case is not upper case redrawn smaller
+    (small caps, unicase): otherwise the reader would learn to guess."""
+    missing = bytes(font.getmask("\U0010FFFD"))  # a private-use code point: the font's "no glyph" box
+    if any(not font.getmask(c).getbbox() or bytes(font.getmask(c)) == missing for c in ALNUM):
+        return False
+    alike = [(a & b).sum() / max(1, (a | b).sum()) for a, b in
+             ((_shape(font, c), _shape(font, c.upper())) for c in "abdeghnqrt")]
+    return float(np.mean(alike)) < 0.7
 
 
 @lru_cache(maxsize=1)
 def font_pool() -> tuple[str, ...]:
-    """The .ttf files of the font packages that are installed, DejaVu where the system has it, and
-    the captcha package's own font: never empty."""
+    """The .ttf/.otf files of the font packages and system fonts that are installed and draw every digit
+    and letter in both cases, at most PER_FAMILY of a family, and the captcha package's own font: never empty."""
     import captcha
-    fonts = {str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf")}
+    files = set()
     for package in FONT_PACKAGES:
         try:
-            files = metadata.files(package) or []
+            found = metadata.files(package) or []
         except metadata.PackageNotFoundError:
             continue
-        fonts |= {str(f.locate()) for f in files if str(f).lower().endswith(".ttf")}
+        files |= {str(f.locate()) for f in found if str(f).lower().endswith(".ttf")}
     if SYSTEM_FONTS.is_dir():
-        fonts |= {str(p) for p in SYSTEM_FONTS.glob("*.ttf") if "MathTeX" not in p.name and "ExtraLight" not in p.name}
-    return tuple(sorted(fonts))
+        files |= {str(p) for p in SYSTEM_FONTS.rglob("*") if p.suffix.lower() in (".ttf", ".otf")}
+    families = {}
+    for path in sorted(files):
+        try:
+            font = ImageFont.truetype(path, 32)
+        except OSError:  # a font FreeType cannot read
+            continue
+        family = font.getname()[0]
+        if not any(w in family for w in LEFT_OUT) and "ExtraLight" not in path and _draws_letters(font):
+            families.setdefault(family, []).append(path)
+    pool = {str(Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf")}
+    for paths in families.values():  # PER_FAMILY spread over the family's sorted files
+        pool |= {paths[i * len(paths) // PER_FAMILY] for i in range(min(PER_FAMILY, len(paths)))}
+    return tuple(sorted(pool))
 
 
 @lru_cache(maxsize=4096)
