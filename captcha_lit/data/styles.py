@@ -23,20 +23,21 @@ from captcha import image as captcha_image
 from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .alphabet import ALPHANUMERIC
 from .seeded import captcha_drawing_from
 
 # font packages of the registry (pip install -e ".[pretrain]"); fonts whose lower and upper case
 # look alike (Amatic SC) would teach the reader to guess the case
 FONT_PACKAGES = ("font-roboto", "font-source-sans-pro", "font-source-serif-pro", "font-caladea", "font-fredoka-one",
                  "font-hanken-grotesk", "font-manrope", "font-intuitive", "font-fjallaone", "font-lato")
-# the system's fonts (Debian's fonts-* packages), where installed; conf/experiment/pretrain_general.yaml names
-# those the shipped reader saw
+# the system's fonts (Debian's fonts-* packages), where installed; docs/results.md lists those the shipped
+# reader saw
 SYSTEM_FONTS = Path("/usr/share/fonts")
 # families left out: GNU FreeFont is the few-shot bench's (bench/make_style_sets.py), the rest draw other
 # symbols in place of letters
 LEFT_OUT = ("Free", "Symbol", "D050000L", "Dingbat", "Keyboard", "Math")
 PER_FAMILY = 4  # font files kept of a family (its weights and slants), so a family of 50 weights weighs as 4
-ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ALNUM = ALPHANUMERIC + ALPHANUMERIC[10:].upper()
 
 
 def _shape(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray:
