@@ -40,8 +40,8 @@ PER_FAMILY = 4  # font files kept of a family (its weights and slants), so a fam
 ALNUM = ALPHANUMERIC + ALPHANUMERIC[10:].upper()
 
 
-def _shape(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray:
-    mask = font.getmask(char)
+def _shape(mask) -> np.ndarray:
+    """A glyph's mask cropped to its ink and scaled to 12x12, as booleans."""
     img = Image.frombytes("L", mask.size, bytes(mask)).crop(mask.getbbox()).resize((12, 12), Image.BILINEAR)
     return np.asarray(img) > 100
 
@@ -49,11 +49,12 @@ def _shape(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray:
 def _draws_letters(font: ImageFont.FreeTypeFont) -> bool:
     """Every digit and letter has a glyph of its own, and lower case is not upper case redrawn smaller
     (small caps, unicase): otherwise the reader would learn to guess."""
+    masks = {c: font.getmask(c) for c in ALNUM}  # each glyph drawn once
     missing = bytes(font.getmask("\U0010FFFD"))  # a private-use code point: the font's "no glyph" box
-    if any(not font.getmask(c).getbbox() or bytes(font.getmask(c)) == missing for c in ALNUM):
+    if any(not m.getbbox() or bytes(m) == missing for m in masks.values()):
         return False
     alike = [(a & b).sum() / max(1, (a | b).sum()) for a, b in
-             ((_shape(font, c), _shape(font, c.upper())) for c in "abdeghnqrt")]
+             ((_shape(masks[c]), _shape(masks[c.upper()])) for c in "abdeghnqrt")]
     return float(np.mean(alike)) < 0.7
 
 
