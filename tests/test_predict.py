@@ -86,6 +86,20 @@ def test_evaluation_report_matches_written_predictions(tmp_path, ckpts):
         assert Image.open(tmp_path / picture).size[0] > 100
 
 
+def test_report_scores_each_image_once(tmp_path, ckpts):
+    data = make_folder(tmp_path / "val", {"task1": 6})
+    rows = read_rows(data / "annotations.csv")
+    twice = rows + [["./" + rows[1][0], rows[1][1]], rows[2]]  # two images listed again, one as ./NAME
+    write_csv(data, twice[1:])
+    metrics = run_predict(tmp_path, ckpts["task1"], data)
+    out = read_rows(tmp_path / "submission.csv")
+    assert [r[0] for r in out] == [r[0] for r in twice]  # every row is read and written, in order
+    assert (out[7][1], out[8][1]) == (out[1][1], out[2][1])  # ./task1/NAME is task1/NAME
+    truth, pred = dict(rows[1:]), dict(out[1:7])
+    assert metrics["overall"]["n"] == 6
+    assert metrics["overall"]["exact_match"] == pytest.approx(np.mean([pred[k] == v for k, v in truth.items()]))
+
+
 def test_plain_folder_and_partial(tmp_path, ckpts):
     data = make_folder(tmp_path / "imgs", {"task1": 4, "task2": 3})
     (data / "annotations.csv").unlink()

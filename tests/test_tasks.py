@@ -68,7 +68,7 @@ def test_inference_from_labels_and_sizes():
 
 
 def test_height_given_alone_keeps_the_aspect_ratio_above_min_width():
-    # experiment=auto: the general reader's height 48, at least its width 128
+    # as experiment=auto asks: a height, and at least a width
     given = {"height": 48, "min_width": 128}
     sizes = {(200, 40): (240, 48), (150, 50): (144, 48), (96, 72): (128, 48), (72, 72): (128, 48)}
     for (w, h), expected in sizes.items():

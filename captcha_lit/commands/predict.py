@@ -135,7 +135,8 @@ def tasks_of(names: list[str], models) -> list[str | None]:
     model's task or one of the competition's, task3/abc.png) a row's first folder is its task, so
     rows of tasks without a model stay unread rather than read by the wrong one; otherwise every
     row goes to the only model (None: no model for it)."""
-    folders = [n.split("/")[0] if "/" in n else None for n in names]
+    normal = [os.path.normpath(n).replace(os.sep, "/") for n in names]  # ./task3/a.png is task3/a.png
+    folders = [n.split("/")[0] if "/" in n else None for n in normal]
     if any(f in models or f in COMPETITION_TASKS for f in folders):
         return folders
     only = next(iter(models)) if len(models) == 1 else None
@@ -188,7 +189,12 @@ def predict(cfg: DictConfig) -> dict:
 
 def write_report(output: Path, data_dir, names, labels, tasks, predictions, confidence, readers) -> dict:
     """metrics JSON, confusion matrix and worst-mistakes grid beside `output`."""
-    done = [i for i, p in enumerate(predictions) if p is not None]
+    # each image is scored once: a file listed twice in annotations.csv (training drops the copy too) counts once
+    done, scored = [], set()
+    for i, p in enumerate(predictions):
+        if p is not None and os.path.normpath(names[i]) not in scored:
+            scored.add(os.path.normpath(names[i]))
+            done.append(i)
     # a model trained on lower-cased labels is scored against lower-cased labels
     labels = [label.lower() if t in readers and (readers[t].spec.lowercase or readers[t].fold_case) else label
               for label, t in zip(labels, tasks)]
