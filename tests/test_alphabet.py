@@ -1,7 +1,9 @@
+import itertools
+
 import numpy as np
 import torch
 
-from captcha_lit.data.alphabet import ALPHANUMERIC, DIGITS, PAD, ctc_keep, decode, encode
+from captcha_lit.data.alphabet import ALPHANUMERIC, DIGITS, PAD, ctc_best_path, ctc_keep, decode, encode
 from captcha_lit.model.module import compared, greedy_decode
 from captcha_lit.reading.reader import decode_logits
 
@@ -63,3 +65,34 @@ def test_ctc_readings_are_compared_with_labels_at_one_width():
     preds, padded = compared(logits, targets, "ctc")
     assert preds.shape == padded.shape == (2, 4)
     assert (preds == padded).all(1).tolist() == [True, False]  # "33" merges into one 2: "2" is not "22"
+
+
+def test_the_best_ctc_path_of_a_length_is_the_best_of_all_paths_of_that_length():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # every path of up to 5 steps of up to 4 classes, scored one by one
+        steps, classes = rng.integers(1, 6), rng.integers(2, 5)
+        x = rng.normal(size=(steps, classes)) * 2
+        log_probs = x - np.log(np.exp(x).sum(1, keepdims=True))
+        shortest = rng.integers(0, 3)
+        longest = shortest + rng.integers(0, 3)
+        best = {}  # reading -> its most probable path's log-probability
+        for path in map(np.array, itertools.product(range(classes), repeat=steps)):
+            reading = tuple(path[ctc_keep(path)] - 1)
+            if shortest <= len(reading) <= longest:
+                best[reading] = max(best.get(reading, -np.inf), log_probs[np.arange(steps), path].sum())
+        got, score = ctc_best_path(log_probs, shortest, longest)
+        if not best:  # too few steps for that many characters
+            assert score == -np.inf
+            continue
+        assert np.isclose(score, max(best.values())) and np.isclose(best[tuple(got)], score)
+
+
+def test_ctc_reading_kept_to_a_length_range():
+    # "a" greedily (a, a, blank); the likeliest path that reads two characters reads "ab"
+    probs = np.array([[0.05, 0.9, 0.05], [0.0, 0.6, 0.4], [0.6, 0.0, 0.4]]) + 1e-9  # blank, a, b
+    logits = np.log(probs)[None]
+    assert decode_logits(logits, "ctc", "ab")[0] == ["a"]
+    labels, confidence = decode_logits(logits, "ctc", "ab", lengths=(2, 3))
+    assert labels == ["ab"] and np.isclose(confidence[0], 0.9 * 0.6 * 0.4, rtol=1e-6)
+    assert decode_logits(logits, "ctc", "ab", lengths=(1, 2))[0] == ["a"]  # in range: the greedy reading
+    assert decode_logits(logits, "ctc", "ab", lengths=(4, 4))[0] == ["a"]  # 3 steps cannot read 4: greedy stays

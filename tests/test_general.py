@@ -4,6 +4,7 @@ experiment=auto starting from the packaged reader."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from captcha_lit.commands.train import train
 from captcha_lit.errors import CaptchaError
@@ -146,12 +147,35 @@ def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
         CaptchaReader.from_checkpoint(path, precision="32", allowed=123)
 
 
+def test_a_reader_kept_to_lengths_reads_only_those_lengths(tmp_path):
+    from captcha_lit.commands.predict import predict
+    module = CaptchaModule(task(ALNUM), **TINY_CTC).eval()
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    images = np.random.default_rng(0).integers(0, 255, (16, 32, 64, 3), dtype=np.uint8)
+    free = CaptchaReader.from_checkpoint(path, precision="32").read(list(images))
+    kept = CaptchaReader.from_checkpoint(path, precision="32", lengths="2-3").read(list(images))
+    assert any(not 2 <= len(s) <= 3 for s in free)  # an untrained model reads any length
+    assert all(2 <= len(s) <= 3 for s in kept)
+    assert [k for f, k in zip(free, kept) if 2 <= len(f) <= 3] == [f for f in free if 2 <= len(f) <= 3]
+    # through predict.py, as Hydra reads lengths=4 and lengths=[2,3]
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    for setting, shortest, longest in (("lengths=4", 4, 4), ("lengths=[2,3]", 2, 3)):
+        predict(compose_cfg("predict", [f"ckpt={path}", f"data_dir={tmp_path}", setting, "progress=false",
+                                        f"output={tmp_path / 'out.csv'}", "precision=32"]))
+        read = [row.split(",")[1] for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+        assert len(read) == 4 and all(shortest <= len(r) <= longest for r in read)
+    for bad in ("6-4", "0", "four", "4-5-6"):
+        with pytest.raises(CaptchaError, match=f"lengths={bad!r}: give the number of characters"):
+            CaptchaReader.from_checkpoint(path, precision="32", lengths=bad)
+
+
 def test_the_packaged_general_reader_reads_unseen_captchas_zero_shot_narrowed_to_digits(tmp_path):
     from captcha_lit.commands.predict import predict
     from tests.helpers import write_csv
     renderer = Renderer(160, 60, 4, "0123456789")  # the captcha package's own style, at its own size
     images, labels = zip(*(renderer.render(sample_rng(11, "zero-shot", i)) for i in range(40)))
-    from PIL import Image
     reader = CaptchaReader.from_checkpoint("pretrained:general", precision="32", allowed="digits")
     read = reader.read([Image.fromarray(i) for i in images])  # scaled to the reader's 128x48
     assert all(set(r) <= set("0123456789") for r in read)

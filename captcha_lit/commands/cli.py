@@ -101,7 +101,7 @@ def _label(cfg: DictConfig) -> None:
             path = Path(str(ckpt))
             path = sweep_checkpoints(path)[0] if path.is_dir() else ckpt
             read = CaptchaReader.from_onnx if str(path).endswith(".onnx") else CaptchaReader.from_checkpoint
-            reader = read(path, allowed=cfg.alphabet, fold_case=cfg.fold_case,
+            reader = read(path, allowed=cfg.alphabet, fold_case=cfg.fold_case, lengths=cfg.lengths,
                           **({} if str(path).endswith(".onnx") else {"device": cfg.device, "precision": cfg.precision}))
         labels = Labels(cfg.data_dir, reader, cfg.order)
         done = labels.summary()

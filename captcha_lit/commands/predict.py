@@ -156,7 +156,7 @@ def predict(cfg: DictConfig) -> dict:
     check_output(output, data_dir, names, ckpts)  # before loading the models: the CSV itself
     readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
                            num_workers=cfg.num_workers, tta=cfg.tta, allowed=cfg.get("alphabet"),
-                           fold_case=cfg.get("fold_case", False))
+                           fold_case=cfg.get("fold_case", False), lengths=cfg.get("lengths"))
     check_output(output, data_dir, names, ckpts, labels is not None, readers)  # and the report beside it
     tasks = tasks_of(names, readers)
 

@@ -93,7 +93,7 @@ SCHEMA = {
         ("model.ema", number(lo=0, below=1)), ("model.blocks_per_stage", whole(1)), ("model.columns", whole(0)),
         ("model.channels_last", boolean()), ("data.font_sizes", sizes()), ("model.widths", stages()), ("model.strides", stages()),
     ],
-    # batch_size, num_workers, tta and alphabet are CaptchaReader's own arguments, checked there
+    # batch_size, num_workers, tta, alphabet and lengths are CaptchaReader's own arguments, checked there
     "predict": [("ckpt", models()), ("data_dir", text()), ("output", text()), ("allow_partial", boolean()),
                 ("progress", boolean()), ("fold_case", boolean()), *READING],
     "serve": [("ckpt", (lambda v: v is None or models()[0](v), models()[1] + ", or null")), ("port", whole(0, 65535)),

@@ -3,6 +3,7 @@
 Per-position heads: one class per character, `alphabet.index(c)`. CTC heads: class 0 is the
 blank and character i is class i + 1; a step sequence decodes by merging repeats and dropping
 blanks, so "f99f" needs a blank between the two 9s."""
+import numpy as np
 
 DIGITS = "0123456789"
 ALPHANUMERIC = DIGITS + "abcdefghijklmnopqrstuvwxyz"
@@ -32,3 +33,37 @@ def ctc_keep(steps):
     keep = steps != 0
     keep[..., 1:] &= steps[..., 1:] != steps[..., :-1]
     return keep
+
+
+def ctc_best_path(log_probs: np.ndarray, shortest: int, longest: int) -> tuple[np.ndarray, float]:
+    """The most probable CTC step sequence of (T, classes) log-probabilities whose reading has
+    `shortest` to `longest` characters: its characters' indices (class - 1) and its log-probability
+    (-inf when no sequence of T steps reads that many). Viterbi over (characters read, last class)."""
+    steps, classes = log_probs.shape
+    reads = np.arange(longest + 1)
+    best = np.full((longest + 1, classes), -np.inf)
+    best[0, 0] = 0.0  # nothing read yet: as if after a blank
+    came_from = np.zeros((steps, longest + 1, classes, 2), dtype=np.intp)  # (reads, class) of the step before
+    for t in range(steps):
+        new = np.empty_like(best)
+        top = best.argmax(1)
+        new[:, 0] = best[reads, top] + log_probs[t, 0]  # a blank reads nothing new
+        came_from[t, :, 0, 0], came_from[t, :, 0, 1] = reads, top
+        # class c repeats c (same count) or reads a new character after any other class (one more)
+        order = np.argsort(best[:-1], 1)
+        other = np.where(np.arange(classes) == order[:, -1:], order[:, -2:-1], order[:, -1:])[:, 1:]
+        grow = np.vstack([np.full((1, classes - 1), -np.inf), np.take_along_axis(best[:-1], other, 1)])
+        grows = grow > best[:, 1:]
+        new[:, 1:] = np.where(grows, grow, best[:, 1:]) + log_probs[t, 1:]
+        came_from[t, :, 1:, 0] = reads[:, None] - grows
+        came_from[t, :, 1:, 1] = np.where(grows, np.vstack([np.zeros((1, classes - 1), np.intp), other]),
+                                          np.arange(1, classes))
+        best = new
+    n, c = np.unravel_index(np.argmax(best[shortest:]), best[shortest:].shape)
+    n += shortest
+    score = float(best[n, c])
+    path = np.empty(steps, dtype=np.intp)
+    for t in range(steps - 1, -1, -1):
+        path[t] = c
+        n, c = came_from[t, n, c]
+    return path[ctc_keep(path)] - 1, score

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.alphabet import ctc_keep, decode
+from ..data.alphabet import ctc_best_path, ctc_keep, decode
 from ..errors import CaptchaError
 from ..files import regular_file
 from ..data.images import fit, load_image
@@ -37,16 +37,44 @@ def _to_array(item, width: int, height: int) -> np.ndarray:
         raise CaptchaError(f"images[{i}]: a PIL image that cannot be read ({e})") from None
 
 
-def decode_logits(logits: np.ndarray, head: str, alphabet: str) -> tuple[list[str], np.ndarray]:
+def decode_logits(logits: np.ndarray, head: str, alphabet: str, lengths=None) -> tuple[list[str], np.ndarray]:
     """(B, steps, classes) logits (or log-probabilities) -> strings and their confidence: the
     product of the softmax maxima of every step (for CTC, the greedy path's probability, blanks
-    included: an empty reading is not certain because no character was read)."""
+    included: an empty reading is not certain because no character was read). CTC with
+    lengths=(shortest, longest): a greedy reading of another length is replaced by the most
+    probable path that reads an allowed length, its probability the confidence."""
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     best = (probs / probs.sum(-1, keepdims=True)).max(-1)
     steps = logits.argmax(-1)
     if head == "positions":
         return [decode(row, alphabet) for row in steps], best.prod(-1)
-    return [decode(row[ctc_keep(row)] - 1, alphabet) for row in steps], best.prod(-1)
+    rows, confidence = [row[ctc_keep(row)] - 1 for row in steps], best.prod(-1)
+    for i, row in enumerate(rows):
+        if lengths is not None and not lengths[0] <= len(row) <= lengths[1]:
+            top = logits[i].max(-1, keepdims=True)
+            log_probs = logits[i] - top - np.log(np.exp(logits[i] - top).sum(-1, keepdims=True))
+            path, score = ctc_best_path(log_probs, *lengths)
+            if score > -np.inf:  # too few steps for that many characters: the greedy reading stays
+                rows[i], confidence[i] = path, np.exp(score)
+    return [decode(row, alphabet) for row in rows], confidence
+
+
+def length_range(lengths, spec: ModelSpec) -> tuple[int, int] | None:
+    """lengths= as (shortest, longest): None, a number (4), "4-6" or [4, 6]."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, str):
+        parts = lengths.split("-")
+    else:  # a number, or a list (Hydra reads lengths=[4,6] as one)
+        parts = list(lengths) if hasattr(lengths, "__iter__") else [lengths]
+    whole = all(isinstance(p, int) and not isinstance(p, bool) or isinstance(p, str) and p.strip().isdigit()
+                for p in parts)
+    if not whole or not 1 <= len(parts) <= 2 or not 1 <= int(parts[0]) <= int(parts[-1]):
+        raise CaptchaError(f"lengths={lengths!r}: give the number of characters (lengths=4) or a range (lengths=4-6)")
+    shortest, longest = int(parts[0]), int(parts[-1])
+    if spec.head == "positions" and (shortest, longest) != spec.lengths:
+        raise CaptchaError(f"lengths={lengths!r}: the {spec.task} model reads exactly {spec.lengths[0]} characters")
+    return shortest, longest
 
 
 # names for the sets of characters captchas draw from, for alphabet= (joined with +: digits+lower)
@@ -149,7 +177,7 @@ class CaptchaReader:
     over `tta` test-time views. Build it with from_checkpoint(), from_onnx() or ensemble()."""
 
     def __init__(self, logits_fn, spec: ModelSpec, batch_size: int = 32, num_workers: int = 0, source: str = "",
-                 tta: int = 1, allowed: str | None = None, fold_case: bool = False):
+                 tta: int = 1, allowed: str | None = None, fold_case: bool = False, lengths=None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise CaptchaError(f"batch_size={batch_size!r}: must be a whole number of at least 1")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -162,6 +190,8 @@ class CaptchaReader:
         # allowed: read only these characters (e.g. digits); fold_case: read upper and lower case as lower
         self.allowed, self.fold_case = allowed, bool(fold_case)
         self.narrow = restriction(spec.alphabet, spec.head, characters(allowed), fold_case)
+        # lengths: read only this many characters (4, or 4-6); None: as many as the model reads
+        self.lengths = length_range(lengths, spec)
         self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
 
     @classmethod
@@ -176,7 +206,7 @@ class CaptchaReader:
                 raise CaptchaError(f"{first.source} and {r.source} cannot be averaged: their {', '.join(differ)} differ")
         reader = cls([fn for r in readers for fn in r.logits_fns], first.spec, batch_size=first.batch_size,
                      num_workers=first.num_workers, source=" + ".join(r.source for r in readers), tta=first.tta,
-                     allowed=first.allowed, fold_case=first.fold_case)
+                     allowed=first.allowed, fold_case=first.fold_case, lengths=first.lengths)
         reader.precision = " + ".join(r.precision for r in readers)
         return reader
 
@@ -325,7 +355,7 @@ class CaptchaReader:
         for batch in self._batches(images, progress):
             logits = self.logits(np.stack(batch))
             got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.spec.head,
-                                      self.spec.alphabet)
+                                      self.spec.alphabet, self.lengths)
             got = [g.lower() for g in got] if self.fold_case else got
             labels += got
             confidence.append(conf)
