@@ -9,7 +9,7 @@ from PIL import Image
 from captcha_lit.commands.train import train
 from captcha_lit.errors import CaptchaError
 from captcha_lit.model.module import CaptchaModule
-from captcha_lit.reading.reader import CaptchaReader, restriction
+from captcha_lit.reading.reader import CaptchaReader, decode_logits, restriction
 from captcha_lit.data.render import Renderer
 from captcha_lit.data.seeded import sample_rng
 from captcha_lit.data.styles import PER_FAMILY, _draws_letters, font_pool
@@ -149,23 +149,28 @@ def test_a_reader_narrowed_to_digits_reads_only_digits(tmp_path):
 
 def test_a_reader_kept_to_lengths_reads_only_those_lengths(tmp_path):
     from captcha_lit.commands.predict import predict
-    module = CaptchaModule(task(ALNUM), **TINY_CTC).eval()
+    torch.manual_seed(0)
+    module = CaptchaModule(dict(task(ALNUM), length=[3, 4]), **TINY_CTC).eval()  # 8 CTC steps
     path = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     images = np.random.default_rng(0).integers(0, 255, (16, 32, 64, 3), dtype=np.uint8)
-    free = CaptchaReader.from_checkpoint(path, precision="32").read(list(images))
-    kept = CaptchaReader.from_checkpoint(path, precision="32", lengths="2-3").read(list(images))
-    assert any(not 2 <= len(s) <= 3 for s in free)  # an untrained model reads any length
-    assert all(2 <= len(s) <= 3 for s in kept)
-    assert [k for f, k in zip(free, kept) if 2 <= len(f) <= 3] == [f for f in free if 2 <= len(f) <= 3]
-    # through predict.py, as Hydra reads lengths=4 and lengths=[2,3]
+    reader = CaptchaReader.from_checkpoint(path, precision="32")
+    greedy = decode_logits(reader.logits(images), "ctc", ALNUM)[0]
+    assert reader.read(list(images)) == greedy  # by default, the greedy readings, as in training and ddddocr exports
+    assert any(not 3 <= len(s) <= 4 for s in greedy)  # this untrained model's: mostly one character
+    read = CaptchaReader.from_checkpoint(path, precision="32", lengths="3-4").read(list(images))
+    assert all(3 <= len(s) <= 4 for s in read)
+    assert [r for g, r in zip(greedy, read) if 3 <= len(g) <= 4] == [g for g in greedy if 3 <= len(g) <= 4]
+    kept = CaptchaReader.from_checkpoint(path, precision="32", lengths="5-6").read(list(images))
+    assert all(5 <= len(s) <= 6 for s in kept)
+    # through predict.py, as Hydra reads lengths=5 and lengths=[5,6]
     for i, image in enumerate(images[:4]):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
-    for setting, shortest, longest in (("lengths=4", 4, 4), ("lengths=[2,3]", 2, 3)):
+    for setting, shortest, longest in (("lengths=5", 5, 5), ("lengths=[5,6]", 5, 6)):
         predict(compose_cfg("predict", [f"ckpt={path}", f"data_dir={tmp_path}", setting, "progress=false",
                                         f"output={tmp_path / 'out.csv'}", "precision=32"]))
-        read = [row.split(",")[1] for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
-        assert len(read) == 4 and all(shortest <= len(r) <= longest for r in read)
+        got = [row.split(",")[1] for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+        assert len(got) == 4 and all(shortest <= len(g) <= longest for g in got)
     for bad in ("6-4", "0", "four", "4-5-6"):
         with pytest.raises(CaptchaError, match=f"lengths={bad!r}: give the number of characters"):
             CaptchaReader.from_checkpoint(path, precision="32", lengths=bad)
