@@ -238,13 +238,14 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path):
     (["task=auto", "data=folder", "data.root=.", "task.height=4"], "task.height=4: must be a whole number from 8 to 2048"),
     (["model.widths=[]"], r"model.widths=\[\]: must be a list of whole numbers from 1 to 4096"),
     (["model.strides=[0,2,2,2]"], r"model.strides=\[0, 2, 2, 2\]: must be a list of whole numbers"),
+    (["model.head=ctc", "model.label_smoothing=0.1"], "model.label_smoothing=0.1 with model.head=ctc: CTC's loss takes no"),
     pytest.param(["trainer=gpu"], "no CUDA GPU is visible: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ], ids=["length-0", "alphabet-repeats", "missing-folder", "no-folder-given", "auto-without-folder", "batch-size-0",
         "batch-size-text", "batch-size-fraction", "num-train-negative", "lr-negative", "lr-text", "epochs-0", "ema-1.5",
         "seed-text", "val-fraction-0", "int8-no", "final-no", "batch-size-bool", "workers-text", "real-fraction-text",
         "momentum-negative", "endless-onecycle", "endless-cosine", "endless-low-res", "fresh-train-once",
-        "auto-min-width-text", "auto-height-4", "widths-empty", "stride-0", "no-gpu"])
+        "auto-min-width-text", "auto-height-4", "widths-empty", "stride-0", "ctc-label-smoothing", "no-gpu"])
 def test_config_mistakes_fail_before_any_work(tmp_path, monkeypatch, overrides, message):
     def no_work(*args, **kwargs):
         raise AssertionError("instantiated something before checking the config")

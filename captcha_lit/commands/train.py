@@ -71,6 +71,9 @@ def check_config(cfg: DictConfig) -> None:
         task = OmegaConf.to_container(cfg.task, resolve=True)
         read_checkpoint(cfg.ckpt_path, expect={"task": task["name"], "head": cfg.model.head,
                                                **{k: task[k] for k in ("alphabet", "length", "width", "height")}})
+    if cfg.model.get("head") == "ctc" and cfg.model.get("label_smoothing"):  # else ignored without a word
+        raise CaptchaError(f"model.label_smoothing={cfg.model.label_smoothing} with model.head=ctc: CTC's loss takes no "
+                           f"label smoothing (it smooths the per-position heads' cross entropy); set it to 0")
     reloads = cfg.trainer.get("reload_dataloaders_every_n_epochs")
     if cfg.data.get("fresh_train") and (cfg.data.get("root") or reloads != 1):
         raise CaptchaError("data.fresh_train=true renders new training images every epoch: it needs "
