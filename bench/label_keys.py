@@ -2,15 +2,16 @@
 """Keys per image for labelling with captcha-label, as if a person typed the true labels.
 
     python bench/label_keys.py --style task3 --real PATH/captcha-hacker-2022 [--n 300] [--first 100] \
-        [--alphabet digits+lower] [--fold-case]
+        [--alphabet digits+lower] [--fold-case] [--lengths 4]
 
 The page types the reader's guess in and selects it: a right guess costs one key (Enter), a
 wrong one is typed over (the label's characters, then Enter). Without a reader every label is
 typed. Over the style's first --n images (bench/sets.py draws them as bench/fewshot.py does) it
 counts the keys with the packaged general reader's guesses, and for the loop the README shows:
 the general reader's guesses for the first --first images, `python train.py experiment=auto` on
-them, then that reader's guesses for the rest. --alphabet and --fold-case are captcha-label's own
-options (the characters the site uses).
+them, then that reader's guesses for the rest. --alphabet, --fold-case and --lengths are
+captcha-label's own options (the characters the site uses, and how many); with --lengths, the rows
+without it too.
 """
 import argparse
 import subprocess
@@ -30,6 +31,7 @@ parser.add_argument("--n", type=int, default=300, help="images to label")
 parser.add_argument("--first", type=int, default=100, help="labelled before training the style's own reader")
 parser.add_argument("--alphabet", default=None, help="captcha-label's alphabet=: the characters to guess")
 parser.add_argument("--fold-case", action="store_true")
+parser.add_argument("--lengths", default=None, help="captcha-label's lengths=: 4, or 4-6")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 work = Path(tempfile.mkdtemp(prefix="label-keys-"))
@@ -42,15 +44,16 @@ def keys(guesses, labels) -> list[int]:
     return [1 if g is not None and fold(g) == fold(t) else len(t) + 1 for g, t in zip(guesses, labels)]
 
 
-def guesses(model, paths, allowed) -> list[str]:
-    reader = CaptchaReader.from_checkpoint(model, allowed=allowed, fold_case=args.fold_case)
+def guesses(model, paths, allowed, lengths=None) -> list[str]:
+    reader = CaptchaReader.from_checkpoint(model, allowed=allowed, fold_case=args.fold_case, lengths=lengths)
     return reader.predict(paths)[0]
 
 
 items = style_items(args.style, args.n, work, args.seed, args.real)
 paths, labels = [p for p, _ in items], [label for _, label in items]
 typed = keys([None] * len(labels), labels)
-general = keys(guesses("pretrained:general", paths, args.alphabet), labels)
+tried = [None, args.lengths] if args.lengths else [None]
+general = {n: keys(guesses("pretrained:general", paths, args.alphabet, n), labels) for n in tried}
 
 began = time.perf_counter()
 run = work / "run"
@@ -61,7 +64,8 @@ if done.returncode:
     sys.exit(f"train.py failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 trained = time.perf_counter() - began
 # the style's own reader reads only the characters of its training labels: nothing to narrow
-loop = general[:args.first] + keys(guesses(run / "checkpoints" / "last.ckpt", paths[args.first:], None), labels[args.first:])
+own = run / "checkpoints" / "last.ckpt"
+loop = {n: general[n][:args.first] + keys(guesses(own, paths[args.first:], None, n), labels[args.first:]) for n in tried}
 
 
 def line(name, k):
@@ -73,5 +77,7 @@ print(f"\n{args.style}: {len(labels)} images, alphabet={args.alphabet}, fold_cas
       f"the reader of the first {args.first} trained in {trained:.0f} s")
 print("| guesses | keys per image | guesses accepted | keys |\n|---|---|---|---|")
 print(line("none (every label typed)", typed))
-print(line("general reader", general))
-print(line(f"general reader, then experiment=auto on the first {args.first}", loop))
+for n in tried:
+    told = f", lengths={n}" if n else ""
+    print(line(f"general reader{told}", general[n]))
+    print(line(f"general reader, then experiment=auto on the first {args.first}{told}", loop[n]))
