@@ -85,6 +85,9 @@ def test_the_best_ctc_path_of_a_length_is_the_best_of_all_paths_of_that_length()
             assert score == -np.inf
             continue
         assert np.isclose(score, max(best.values())) and np.isclose(best[tuple(got)], score)
+    # no more characters than steps: a longest of a billion costs nothing more
+    got, score = ctc_best_path(np.log(np.full((3, 4), 0.25)), 1, 10**9)
+    assert 1 <= len(got) <= 3 and np.isclose(score, 3 * np.log(0.25))
 
 
 def test_ctc_reading_kept_to_a_length_range():

@@ -171,7 +171,7 @@ def test_a_reader_kept_to_lengths_reads_only_those_lengths(tmp_path):
                                         f"output={tmp_path / 'out.csv'}", "precision=32"]))
         got = [row.split(",")[1] for row in (tmp_path / "out.csv").read_text().splitlines()[1:]]
         assert len(got) == 4 and all(shortest <= len(g) <= longest for g in got)
-    for bad in ("6-4", "0", "four", "4-5-6"):
+    for bad in ("6-4", "0", "four", "4-5-6", "²", 4.5, True):
         with pytest.raises(CaptchaError, match=f"lengths={bad!r}: give the number of characters"):
             CaptchaReader.from_checkpoint(path, precision="32", lengths=bad)
 

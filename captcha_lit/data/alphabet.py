@@ -40,6 +40,9 @@ def ctc_best_path(log_probs: np.ndarray, shortest: int, longest: int) -> tuple[n
     `shortest` to `longest` characters: its characters' indices (class - 1) and its log-probability
     (-inf when no sequence of T steps reads that many). Viterbi over (characters read, last class)."""
     steps, classes = log_probs.shape
+    if shortest > steps:  # each character takes a step at least
+        return np.zeros(0, dtype=np.intp), -np.inf
+    longest = min(longest, steps)
     reads = np.arange(longest + 1)
     best = np.full((longest + 1, classes), -np.inf)
     best[0, 0] = 0.0  # nothing read yet: as if after a blank
@@ -49,7 +52,8 @@ def ctc_best_path(log_probs: np.ndarray, shortest: int, longest: int) -> tuple[n
         top = best.argmax(1)
         new[:, 0] = best[reads, top] + log_probs[t, 0]  # a blank reads nothing new
         came_from[t, :, 0, 0], came_from[t, :, 0, 1] = reads, top
-        # class c repeats c (same count) or reads a new character after any other class (one more)
+        # class c repeats c (same count) or reads a new character after any other class (one more):
+        # `other` is, per count and class c, the best state's class leaving c out (the best, or the runner-up)
         order = np.argsort(best[:-1], 1)
         other = np.where(np.arange(classes) == order[:, -1:], order[:, -2:-1], order[:, -1:])[:, 1:]
         grow = np.vstack([np.full((1, classes - 1), -np.inf), np.take_along_axis(best[:-1], other, 1)])
@@ -62,6 +66,8 @@ def ctc_best_path(log_probs: np.ndarray, shortest: int, longest: int) -> tuple[n
     n, c = np.unravel_index(np.argmax(best[shortest:]), best[shortest:].shape)
     n += shortest
     score = float(best[n, c])
+    if score == -np.inf:  # no sequence of these steps reads that many
+        return np.zeros(0, dtype=np.intp), score
     path = np.empty(steps, dtype=np.intp)
     for t in range(steps - 1, -1, -1):
         path[t] = c

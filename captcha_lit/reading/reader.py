@@ -49,8 +49,8 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str, lengths=None) ->
     if head == "positions":
         return [decode(row, alphabet) for row in steps], best.prod(-1)
     rows, confidence = [row[ctc_keep(row)] - 1 for row in steps], best.prod(-1)
-    for i, row in enumerate(rows):
-        if lengths is not None and not lengths[0] <= len(row) <= lengths[1]:
+    for i, row in enumerate(rows if lengths is not None else []):
+        if not lengths[0] <= len(row) <= lengths[1]:
             top = logits[i].max(-1, keepdims=True)
             log_probs = logits[i] - top - np.log(np.exp(logits[i] - top).sum(-1, keepdims=True))
             path, score = ctc_best_path(log_probs, *lengths)
@@ -67,10 +67,11 @@ def length_range(lengths, spec: ModelSpec) -> tuple[int, int] | None:
         parts = lengths.split("-")
     else:  # a number, or a list (Hydra reads lengths=[4,6] as one)
         parts = list(lengths) if hasattr(lengths, "__iter__") else [lengths]
-    whole = all(isinstance(p, int) and not isinstance(p, bool) or isinstance(p, str) and p.strip().isdigit()
+    whole = all((isinstance(p, int) and not isinstance(p, bool)) or (isinstance(p, str) and p.strip().isdecimal())
                 for p in parts)
     if not whole or not 1 <= len(parts) <= 2 or not 1 <= int(parts[0]) <= int(parts[-1]):
-        raise CaptchaError(f"lengths={lengths!r}: give the number of characters (lengths=4) or a range (lengths=4-6)")
+        raise CaptchaError(f"lengths={lengths!r}: give the number of characters (lengths=4) or a range (lengths=4-6), "
+                           f"at least 1, shortest first")
     shortest, longest = int(parts[0]), int(parts[-1])
     if spec.head == "positions" and (shortest, longest) != spec.lengths:
         raise CaptchaError(f"lengths={lengths!r}: the {spec.task} model reads exactly {spec.lengths[0]} characters")
