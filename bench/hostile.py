@@ -704,13 +704,14 @@ PREDICT_SETTINGS = [("ckpt", "123", "[]"), ("data_dir", "5", "''"), ("output", "
                     ("device", "5", "tpu"), ("precision", "[32]", "fp8"),
                     # CaptchaReader's own arguments
                     ("batch_size", "big", "0"), ("num_workers", "two", "-1"), ("tta", "x", "9"),
-                    ("alphabet", "[1,2]", "xyz")]
+                    ("alphabet", "[1,2]", "xyz"), ("lengths", "four", "6-4")]
 SERVE_SETTINGS = [("ckpt", "123", "[]"), ("port", "http", "70000"), ("host", "5", "''"), ("default", "5", "''"),
                   ("max_body_mb", "big", "0"), ("max_pixels", "x", "0"), ("max_images", "many", "0"),
                   ("timeout_s", "x", "0"), ("body_timeout_s", "x", "-1"), ("queue_size", "x", "0"),
                   ("max_batch", "x", "0"), ("device", "5", "tpu"), ("precision", "[32]", "fp8")]
 LABEL_SETTINGS = [("data_dir", "5", "''"), ("ckpt", "123", "[]"), ("order", "3", "random"), ("port", "http", "70000"),
-                  ("host", "5", "''"), ("device", "5", "tpu"), ("precision", "[32]", "fp8"), ("fold_case", "on", "1")]
+                  ("host", "5", "''"), ("device", "5", "tpu"), ("precision", "[32]", "fp8"), ("fold_case", "on", "1"),
+                  ("lengths", "four", "6-4")]
 GENERATE_SETTINGS = [("out", "5", "''"), ("seed", "abc", "1.5"), ("num_workers", "two", "-1")]
 
 

@@ -708,6 +708,14 @@ def test_one_ctrl_c_or_sigterm_ends_prediction_with_one_line(tmp_path, sig, expe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m.ckpt"]  # no output, no temporary file
 
 
+def test_captcha_label_refuses_bad_lengths_even_without_a_reader(tmp_path):
+    cmd = [sys.executable, "-c", "from captcha_lit.commands.cli import label; label()", f"data_dir={tmp_path}",
+           "ckpt=null", "port=0", "lengths=four"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # a server started instead would hang
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: lengths='four': give the number of characters")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_one_ctrl_c_or_sigterm_ends_generate_and_takes_back_its_images(tmp_path, sig, code, name):

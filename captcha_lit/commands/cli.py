@@ -83,7 +83,7 @@ def _serve(cfg: DictConfig) -> None:
 def _label(cfg: DictConfig) -> None:
     def run_label():
         from ..model.packaged import PRETRAINED
-        from ..reading.reader import CaptchaReader
+        from ..reading.reader import CaptchaReader, characters, length_range
         from ..web.label import Labels, create_app
         from ..web.serve import run
 
@@ -92,6 +92,8 @@ def _label(cfg: DictConfig) -> None:
         if cfg.data_dir is None:
             raise CaptchaError("no folder given: add data_dir=DIR (the images to label)")
         check_settings(cfg, "label")
+        characters(cfg.alphabet)  # bad values refused even when no reader will use them
+        length_range(cfg.lengths)
         ckpt = cfg.ckpt
         if ckpt == "auto":
             ckpt = "pretrained:general" if (PRETRAINED / "general.ckpt").is_file() else None

@@ -59,8 +59,8 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str, lengths=None) ->
     return [decode(row, alphabet) for row in rows], confidence
 
 
-def length_range(lengths, spec: ModelSpec) -> tuple[int, int] | None:
-    """lengths= as (shortest, longest): None, a number (4), "4-6" or [4, 6]."""
+def length_range(lengths, spec: ModelSpec | None = None) -> tuple[int, int] | None:
+    """lengths= as (shortest, longest): None, a number (4), "4-6" or [4, 6]; one the model (spec) can read."""
     if lengths is None:
         return None
     if isinstance(lengths, str):
@@ -73,7 +73,7 @@ def length_range(lengths, spec: ModelSpec) -> tuple[int, int] | None:
         raise CaptchaError(f"lengths={lengths!r}: give the number of characters (lengths=4) or a range (lengths=4-6), "
                            f"at least 1, shortest first")
     shortest, longest = int(parts[0]), int(parts[-1])
-    if spec.head == "positions" and (shortest, longest) != spec.lengths:
+    if spec is not None and spec.head == "positions" and (shortest, longest) != spec.lengths:
         raise CaptchaError(f"lengths={lengths!r}: the {spec.task} model reads exactly {spec.lengths[0]} characters")
     return shortest, longest
 
