@@ -192,8 +192,9 @@ def write_report(output: Path, data_dir, names, labels, tasks, predictions, conf
     # each image is scored once: a file listed twice in annotations.csv (training drops the copy too) counts once
     done, scored = [], set()
     for i, p in enumerate(predictions):
-        if p is not None and os.path.normpath(names[i]) not in scored:
-            scored.add(os.path.normpath(names[i]))
+        key = os.path.normpath(names[i])
+        if p is not None and key not in scored:
+            scored.add(key)
             done.append(i)
     # a model trained on lower-cased labels is scored against lower-cased labels
     labels = [label.lower() if t in readers and (readers[t].spec.lowercase or readers[t].fold_case) else label

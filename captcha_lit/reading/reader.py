@@ -49,13 +49,12 @@ def decode_logits(logits: np.ndarray, head: str, alphabet: str, lengths=None) ->
     if head == "positions":
         return [decode(row, alphabet) for row in steps], best.prod(-1)
     rows, confidence = [row[ctc_keep(row)] - 1 for row in steps], best.prod(-1)
-    for i, row in enumerate(rows if lengths is not None else []):
-        if not lengths[0] <= len(row) <= lengths[1]:
-            top = logits[i].max(-1, keepdims=True)
-            log_probs = logits[i] - top - np.log(np.exp(logits[i] - top).sum(-1, keepdims=True))
-            path, score = ctc_best_path(log_probs, *lengths)
-            if score > -np.inf:  # too few steps for that many characters: the greedy reading stays
-                rows[i], confidence[i] = path, np.exp(score)
+    outside = [] if lengths is None else [i for i, row in enumerate(rows) if not lengths[0] <= len(row) <= lengths[1]]
+    for i in outside:
+        top = logits[i].max(-1, keepdims=True)
+        path, score = ctc_best_path(logits[i] - top - np.log(np.exp(logits[i] - top).sum(-1, keepdims=True)), *lengths)
+        if score > -np.inf:  # too few steps for that many characters: the greedy reading stays
+            rows[i], confidence[i] = path, np.exp(score)
     return [decode(row, alphabet) for row in rows], confidence
 
 
