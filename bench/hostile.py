@@ -708,7 +708,8 @@ PREDICT_SETTINGS = [("ckpt", "123", "[]"), ("data_dir", "5", "''"), ("output", "
 SERVE_SETTINGS = [("ckpt", "123", "[]"), ("port", "http", "70000"), ("host", "5", "''"), ("default", "5", "''"),
                   ("max_body_mb", "big", "0"), ("max_pixels", "x", "0"), ("max_images", "many", "0"),
                   ("timeout_s", "x", "0"), ("body_timeout_s", "x", "-1"), ("queue_size", "x", "0"),
-                  ("max_batch", "x", "0"), ("device", "5", "tpu"), ("precision", "[32]", "fp8")]
+                  ("max_batch", "x", "0"), ("device", "5", "tpu"), ("precision", "[32]", "fp8"),
+                  ("fold_case", "on", "1"), ("alphabet", "[1,2]", "xyz"), ("lengths", "four", "6-4")]
 LABEL_SETTINGS = [("data_dir", "5", "''"), ("ckpt", "123", "[]"), ("order", "3", "random"), ("port", "http", "70000"),
                   ("host", "5", "''"), ("device", "5", "tpu"), ("precision", "[32]", "fp8"), ("fold_case", "on", "1"),
                   ("lengths", "four", "6-4")]
@@ -1826,6 +1827,21 @@ def serve_http_cases() -> list:
         H("ddddocr-fastapi-nothing", lambda w, s: multipart_request("/ocr", {}, {"x": "1"}), {400}),
         H("ddddocr-fastapi-text-as-image", lambda w, s: multipart_request("/ocr", {"file": ("a.png", b"GIF89a nonsense")}),
           {400}),
+        # the reading options a request may set: each bad one named, and nothing read
+        H("option-alphabet-unknown", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "task": "task3",
+                                                                         "alphabet": "€"}), {400}, "alphabet"),
+        H("option-alphabet-object", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "alphabet": {"a": 1}}),
+          {400}, "alphabet"),
+        H("option-lengths-reversed", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "lengths": "6-4"}),
+          {400}, "lengths"),
+        H("option-lengths-huge", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "task": "task3",
+                                                                     "lengths": "1-100000000"}), {400}, "lengths"),
+        H("option-fold-case-nonsense", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "fold_case": "maybe"}),
+          {400}, "fold_case"),
+        H("option-in-query-of-ocr-route", lambda w, s: request("POST", "/ocr/b64/json?lengths=x", b64(png(w, s)).encode()),
+          {400}, "lengths"),
+        H("option-charsets-unknown", lambda w, s: multipart_request("/ocr", {"file": ("a.png", png(w, s))},
+                                                                    {"charsets": "€"}), {400}, "alphabet"),
         H("still-reads-a-good-image", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "task": "task3"}),
           {200}, check=reads_right),
         H("still-reads-many-multipart", lambda w, s: multipart_request("/read", {"image": [(p.name, p.read_bytes())

@@ -23,19 +23,27 @@ from captcha_lit.model.module import CaptchaModule
 
 from .helpers import make_folder, module_args
 
+ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A server over two tiny models (task1, task3) and a few task3 images to read."""
+    """A server over three tiny models (task1, task3 and a CTC reader of upper and lower case,
+    "mine"), folding case unless a request says otherwise, and a few task3 images to read."""
     tmp = tmp_path_factory.mktemp("serve")
     ckpts = {}
-    for name in ("task1", "task3"):
+    for name in ("task1", "task3", "mine"):
         torch.manual_seed(0)
-        module = CaptchaModule(**module_args(name), widths=(16, 16, 32, 32))
+        if name == "mine":
+            module = CaptchaModule(dict(name="mine", length=[1, 4], alphabet=ALNUM, width=64, height=32), head="ctc",
+                                   widths=(16, 16, 32, 32), strides=(2, 2, 2, (2, 1)))
+        else:
+            module = CaptchaModule(**module_args(name), widths=(16, 16, 32, 32))
         ckpts[name] = tmp / f"{name}.ckpt"
         torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpts[name])
     data = make_folder(tmp / "d", {"task3": 12})
-    cmd = [sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", f"ckpt=[{ckpts['task3']},{ckpts['task1']}]",
+    cmd = [sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()",
+           f"ckpt=[{ckpts['task3']},{ckpts['task1']},{ckpts['mine']}]", "fold_case=true",
            "port=0", "precision=32", "max_images=8", "body_timeout_s=1", "max_body_mb=1", "max_pixels=1000000"]
     proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = ""
@@ -46,7 +54,8 @@ def server(tmp_path_factory):
     port = int(line.split("http://127.0.0.1:")[1].split()[0])
     images = sorted((data / "task3").glob("*.png"))
     expected = CaptchaReader.from_checkpoint(ckpts["task3"], precision="32").read(images)
-    yield dict(url=f"http://127.0.0.1:{port}", port=port, proc=proc, images=images, expected=expected, tmp=tmp)
+    yield dict(url=f"http://127.0.0.1:{port}", port=port, proc=proc, images=images, expected=expected, tmp=tmp,
+               mine=ckpts["mine"])
     if proc.poll() is None:
         proc.kill()
 
@@ -120,10 +129,12 @@ def test_reads_json_multipart_and_base64_as_the_reader_does(server):
     assert status == 200 and [r["text"] for r in body["results"]] == expected[6:]
     status, body = post_json(f"{url}/read", {"image": "data:image/png;base64," + b64[0]})  # the default: task3
     assert status == 200 and body["results"][0]["text"] == expected[0]
-    assert call(f"{url}/health") == (200, {"status": "ok", "models": ["task1", "task3"],
-                                           "waiting": {"task1": 0, "task3": 0}})
+    assert call(f"{url}/health") == (200, {"status": "ok", "models": ["mine", "task1", "task3"],
+                                           "waiting": {"mine": 0, "task1": 0, "task3": 0}})
     status, body = call(f"{url}/models")
-    assert body["default"] == "task3" and {m["task"]: m["width"] for m in body["models"]} == {"task3": 96, "task1": 72}
+    assert body["default"] == "task3"
+    assert {m["task"]: m["width"] for m in body["models"]} == {"task3": 96, "task1": 72, "mine": 64}
+    assert body["models"][2]["reading"] == {"alphabet": None, "fold_case": True, "lengths": None}
     assert call(f"{url}/openapi.json")[0] == 200
 
 
@@ -140,6 +151,59 @@ def test_the_routes_of_ocr_api_server_and_ddddocr_fastapi_answer_as_they_do(serv
     assert call(f"{url}/ocr", data, headers) == (200, {"code": 200, "message": "Success", "data": text})
     data, headers = multipart({}, {"image": b64.decode()})
     assert call(f"{url}/ocr", data, headers) == (200, {"code": 200, "message": "Success", "data": text})
+
+
+def test_each_request_reads_with_its_own_alphabet_case_and_lengths(server):
+    url, images = server["url"], server["images"]
+    b64 = [base64.b64encode(p.read_bytes()).decode() for p in images[:8]]
+
+    def served(route="/read", **options):
+        status, body = post_json(f"{url}{route}", {"images": b64, "task": "mine", **options})
+        assert status == 200, body
+        return [r["text"] for r in body["results"]]
+
+    def expected(**options):
+        return CaptchaReader.from_checkpoint(server["mine"], precision="32", **options).read(images[:8])
+
+    mixed = served(fold_case=False)
+    assert mixed == expected() and any(c.isupper() for c in "".join(mixed))  # this untrained model reads capitals
+    folded = served()  # the server's fold_case=true
+    assert folded == expected(fold_case=True) != mixed and all(t == t.lower() for t in folded)
+    digits = served(alphabet="digits")
+    assert digits == expected(allowed="digits", fold_case=True) and all(t.isdigit() or not t for t in digits)
+    assert any(not 3 <= len(t) <= 4 for t in mixed)  # read greedily, some have other lengths
+    assert served(lengths="3-4") == served(lengths=[3, 4]) == expected(fold_case=True, lengths="3-4")
+    assert all(3 <= len(t) <= 4 for t in served(lengths="3-4", fold_case="false"))
+    # as form fields and query parameters, on every route
+    first = images[0].read_bytes()
+    data, headers = multipart({"image": (images[0].name, first)}, {"task": "mine", "alphabet": "digits"})
+    assert call(f"{url}/read?fold_case=0", data, headers)[1]["results"][0]["text"] == expected(allowed="digits")[0]
+    assert call(f"{url}/ocr/b64/text?task=mine&lengths=4", b64[0].encode()) == (200, expected(fold_case=True, lengths=4)[0])
+    data, headers = multipart({"file": (images[0].name, first)}, {"task": "mine", "charsets": "0123456789"})
+    assert call(f"{url}/ocr", data, headers)[1]["data"] == digits[0]
+    # requests with different options read together, each as it asked
+    answers, errors = {}, []
+
+    def client(k):
+        try:
+            answers[k] = served(**({"alphabet": "digits"} if k % 2 else {"fold_case": False}))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and all(answers[k] == (digits if k % 2 else mixed) for k in range(8))
+    # a bad option: 400 naming it, and the server reads on as before
+    for options, words in ((dict(alphabet="€"), "never reads '€'"), (dict(lengths="6-4"), "lengths='6-4'"),
+                           (dict(fold_case="maybe"), "fold_case='maybe': true or false"),
+                           (dict(alphabet={"a": 1}), "alphabet: expected text"),
+                           (dict(task="task3", lengths=2), "the task3 model reads exactly 4 characters")):
+        status, body = post_json(f"{url}/read", {"images": b64[:1], "task": "mine", **options})
+        assert status == 400 and words in body["error"], (options, body)
+    assert call(f"{url}/ocr/b64/json?task=mine&lengths=x", b64[0].encode())[1]["msg"].startswith("lengths='x'")
+    assert served() == expected(fold_case=True)
 
 
 def huge_png(width=20000, height=20000) -> bytes:
@@ -258,3 +322,7 @@ def test_a_queue_that_cannot_hold_one_request_is_refused_at_start():
                            "max_images=20", "queue_size=16"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "queue_size=16 is below max_images=20: a request of 20 images could never be queued" in proc.stderr
+    # a server-wide reading option no model can keep
+    proc = subprocess.run([sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", "port=0",
+                           "ckpt=pretrained:task1", "lengths=4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "lengths=4: the task1 model reads exactly 1 characters" in proc.stderr

@@ -71,7 +71,7 @@ def _serve(cfg: DictConfig) -> None:
         ckpts = cfg.ckpt if cfg.ckpt is not None else [f"pretrained:{p.stem}" for p in sorted(PRETRAINED.glob("*.ckpt"))]
         ckpts = [ckpts] if isinstance(ckpts, str) else list(ckpts)
         readers = load_readers(ckpts, device=cfg.device, precision=cfg.precision, batch_size=cfg.max_batch,
-                               num_workers=0)
+                               num_workers=0, allowed=cfg.alphabet, fold_case=cfg.fold_case, lengths=cfg.lengths)
         default = cfg.default or ("general" if cfg.ckpt is None and "general" in readers else next(iter(readers)))
         if default not in readers:
             raise CaptchaError(f"default={default}: no model for it (the models read {', '.join(readers)})")

@@ -2,6 +2,7 @@
 
 Importing it is light: PyTorch (and Lightning) load only for a checkpoint, onnxruntime only for
 an ONNX model."""
+import copy
 import json
 from functools import partial
 from pathlib import Path
@@ -187,12 +188,22 @@ class CaptchaReader:
         self.logits_fns = logits_fn if isinstance(logits_fn, list) else [logits_fn]
         self.spec = spec  # what the model reads (its task, alphabet, size, head)
         self.batch_size, self.num_workers, self.source, self.tta = batch_size, num_workers, source, tta
+        self._set_reading(allowed, fold_case, lengths)
+        self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
+
+    def _set_reading(self, allowed, fold_case, lengths) -> None:
         # allowed: read only these characters (e.g. digits); fold_case: read upper and lower case as lower
         self.allowed, self.fold_case = allowed, bool(fold_case)
-        self.narrow = restriction(spec.alphabet, spec.head, characters(allowed), fold_case)
+        self.narrow = restriction(self.spec.alphabet, self.spec.head, characters(allowed), fold_case)
         # lengths: read only this many characters (4, or 4-6); None: as many as the model reads
-        self.lengths = length_range(lengths, spec)
-        self.precision = "onnxruntime"  # how it computes, for predict.py's report; the constructors refine it
+        self.lengths = length_range(lengths, self.spec)
+
+    def reading(self, allowed=None, fold_case: bool = False, lengths=None) -> "CaptchaReader":
+        """The same model (shared, not copied) reading with other options, as a server's requests
+        each ask: allowed characters, fold_case and lengths as the constructor takes them."""
+        variant = copy.copy(self)
+        variant._set_reading(allowed, fold_case, lengths)
+        return variant
 
     @classmethod
     def ensemble(cls, readers: list["CaptchaReader"]) -> "CaptchaReader":
@@ -353,13 +364,16 @@ class CaptchaReader:
                                f"or uint8 array")
         labels, confidence = [], []
         for batch in self._batches(images, progress):
-            logits = self.logits(np.stack(batch))
-            got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.spec.head,
-                                      self.spec.alphabet, self.lengths)
-            got = [g.lower() for g in got] if self.fold_case else got
+            got, conf = self.decode(self.logits(np.stack(batch)))
             labels += got
             confidence.append(conf)
         return labels, np.concatenate(confidence) if confidence else np.zeros(0)
+
+    def decode(self, logits: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """logits() of a batch -> its texts and their confidence, read with this reader's options."""
+        got, conf = decode_logits(logits if self.narrow is None else self.narrow(logits), self.spec.head,
+                                  self.spec.alphabet, self.lengths)
+        return [g.lower() for g in got] if self.fold_case else got, conf
 
     def read(self, images, progress: bool = False) -> list[str]:
         """The text of each image (file paths, PIL images or uint8 arrays: (H, W) grey, (H, W, 3) RGB, (H, W, 4) RGBA)."""

@@ -7,6 +7,10 @@ ocr_api_server's GET /ping, POST /ocr/file[/text|/json] (multipart field `image`
 POST /ocr/b64[/text|/json] (the base64 image as the body), and ddddocr-fastapi's POST /ocr
 (form field `file`, or `image` in base64).
 
+Every route takes the reading options of predict.py as form fields, JSON keys or query
+parameters: `alphabet` (ddddocr-fastapi's `charsets` too), `fold_case` and `lengths`; the
+server's own (captcha-serve alphabet=... fold_case=... lengths=...) hold where a request sets none.
+
 Concurrent requests are read together: each image joins its model's bounded queue, and one
 reading thread takes whatever has gathered, up to `max_batch`, as one batch (the int8 path reads
 fastest in batches). A full queue answers 503 at once. Decoding and reading stay off the event loop."""
@@ -90,6 +94,27 @@ def from_base64(text, where: str) -> bytes:
         raise BadRequest(400, f"{where}: not valid base64") from None
 
 
+OPTIONS = ("alphabet", "fold_case", "lengths")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def reading_options(fields) -> dict:
+    """The reading options a request sets, from its form, JSON object or query (an empty value
+    sets nothing); ddddocr-fastapi's `charsets` is `alphabet`."""
+    given = {k: fields[k] for k in (*OPTIONS, "charsets") if k in fields and fields[k] not in ("", None)}
+    if "charsets" in given:
+        given.setdefault("alphabet", given.pop("charsets"))
+    for key, value in given.items():
+        if not isinstance(value, (str, int, list)):  # a file in a form field, an object in JSON
+            raise BadRequest(400, f"{key}: expected text, e.g. alphabet=digits, fold_case=true, lengths=4-6")
+    if "fold_case" in given:
+        value = given["fold_case"]
+        if not isinstance(value, bool) and str(value).strip().lower() not in TRUE + FALSE:
+            raise BadRequest(400, f"fold_case={value!r}: true or false")
+        given["fold_case"] = value if isinstance(value, bool) else str(value).strip().lower() in TRUE
+    return given
+
+
 class Batcher:
     """One model's queue and the batches read from it on the reading thread."""
 
@@ -98,7 +123,18 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue(limits.queue_size)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
-    def submit(self, images: list[np.ndarray]) -> list[asyncio.Future]:
+    def read(self, batch: list) -> list[tuple[str, float]]:
+        """One pass of the model over the batch; each image decoded with its request's options (a
+        reader sharing the model: reader.reading())."""
+        logits = self.reader.logits(np.stack([image for image, _, _ in batch]))
+        out = [None] * len(batch)
+        for variant in {id(v): v for _, v, _ in batch}.values():
+            rows = [i for i, (_, v, _) in enumerate(batch) if v is variant]
+            for i, text, c in zip(rows, *variant.decode(logits[rows])):
+                out[i] = (text, float(c))
+        return out
+
+    def submit(self, images: list[np.ndarray], reader) -> list[asyncio.Future]:
         if self.queue.maxsize - self.queue.qsize() < len(images):
             raise BadRequest(503, f"busy: {self.queue.qsize()} images are waiting for {self.reader.spec.task}; "
                                   f"try again shortly")
@@ -106,7 +142,7 @@ class Batcher:
         futures = []
         for image in images:
             future = loop.create_future()
-            self.queue.put_nowait((image, future))
+            self.queue.put_nowait((image, reader, future))
             futures.append(future)
         return futures
 
@@ -116,19 +152,19 @@ class Batcher:
             batch = [await self.queue.get()]
             while len(batch) < self.limits.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            batch = [(image, f) for image, f in batch if not f.done()]  # requests that timed out are gone
+            batch = [item for item in batch if not item[-1].done()]  # requests that timed out are gone
             if not batch:
                 continue
             try:
-                texts, confidence = await loop.run_in_executor(self.pool, self.reader.predict, [i for i, _ in batch])
+                results = await loop.run_in_executor(self.pool, self.read, batch)
             except Exception as e:  # a reading failure answers its requests, never kills the reader
-                for _, f in batch:
+                for *_, f in batch:
                     if not f.done():
                         f.set_exception(e)
                 continue
-            for (_, f), text, c in zip(batch, texts, confidence):
+            for (*_, f), result in zip(batch, results):
                 if not f.done():
-                    f.set_result((text, float(c)))
+                    f.set_result(result)
 
 
 def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAPI:
@@ -167,7 +203,7 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
     async def unexpected(request: Request, e: Exception):  # never a traceback to the client
         return error(request.url.path, 500, f"internal error ({type(e).__name__}); the server goes on")
 
-    async def read(task: str | None, blobs: list[tuple[str, bytes]]) -> list[dict]:
+    async def read(task: str | None, blobs: list[tuple[str, bytes]], options: dict) -> list[dict]:
         task = task or default
         if task not in readers:
             raise BadRequest(404, f"task={task!r}: this server reads {', '.join(sorted(readers))}")
@@ -175,9 +211,16 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             raise BadRequest(400, "no image in the request")
         if len(blobs) > limits.max_images:
             raise BadRequest(413, f"{len(blobs)} images in one request; at most {limits.max_images}")
-        spec = readers[task].spec
+        reader = readers[task]
+        if options:  # the request's options over the server's
+            try:
+                reader = reader.reading(options.get("alphabet", reader.allowed), options.get("fold_case", reader.fold_case),
+                                        options.get("lengths", reader.lengths))
+            except CaptchaError as e:
+                raise BadRequest(400, str(e)) from None
+        spec = reader.spec
         images = await run_in_threadpool(lambda: [decode(b, name, limits, spec.width, spec.height) for name, b in blobs])
-        futures = batchers[task].submit(images)
+        futures = batchers[task].submit(images, reader)
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), limits.timeout_s)
         except asyncio.TimeoutError:
@@ -194,18 +237,20 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
 
     @app.get("/models")
     async def models():
-        return {"default": default, "models": [{**r.spec.values(), "precision": r.precision, "source": r.source}
-                                               for r in readers.values()]}
+        return {"default": default, "models": [{**r.spec.values(), "precision": r.precision, "source": r.source,
+                                                "reading": {"alphabet": r.allowed, "fold_case": r.fold_case,
+                                                            "lengths": r.lengths}} for r in readers.values()]}
 
     @app.post("/read")
     async def read_route(request: Request):
-        """Multipart: every file field is an image (`task` a form field). JSON: {"images": [base64,
-        ...]} or {"image": base64}, and "task". Answers {"results": [{text, confidence, model}]}."""
+        """Multipart: every file field is an image (`task` and the reading options form fields). JSON:
+        {"images": [base64, ...]} or {"image": base64}, with "task" and the reading options. Answers
+        {"results": [{text, confidence, model}]}."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_files=limits.max_images + 1)
             blobs = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
-            task = form.get("task")
+            task, fields = form.get("task"), form
         elif kind.startswith("application/json"):
             try:
                 body = json.loads(await request.body())
@@ -219,12 +264,12 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             if len(items) > limits.max_images:
                 raise BadRequest(413, f"{len(items)} images in one request; at most {limits.max_images}")
             blobs = [(f"images[{i}]", from_base64(t, f"images[{i}]")) for i, t in enumerate(items)]
-            task = body.get("task")
+            task, fields = body.get("task"), body
         else:
             raise BadRequest(415, "send multipart/form-data (image files) or application/json (base64 images)")
         if task is not None and not isinstance(task, str):
             raise BadRequest(400, "task must be a name, e.g. task3")
-        return {"results": await read(task, blobs)}
+        return {"results": await read(task, blobs, reading_options({**request.query_params, **fields}))}
 
     # ---- ocr_api_server: /ping, /ocr/file, /ocr/b64, each with /text (the default) or /json
     @app.get("/ping", response_class=PlainTextResponse)
@@ -244,7 +289,7 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             blob = ("image", await upload.read())
         else:
             blob = ("body", from_base64((await request.body()).decode("ascii", "replace"), "the body"))
-        text = (await read(request.query_params.get("task"), [blob]))[0]["text"]
+        text = (await read(request.query_params.get("task"), [blob], reading_options(request.query_params)))[0]["text"]
         if ret_type == "json":
             return JSONResponse({"status": 200, "result": text, "msg": ""})
         return PlainTextResponse(text)
@@ -260,7 +305,8 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             blob = ("image", from_base64(image, "image"))
         else:
             raise BadRequest(400, "Either file or image must be provided")
-        text = (await read(request.query_params.get("task") or form.get("task"), [blob]))[0]["text"]
+        options = reading_options({**request.query_params, **form})
+        text = (await read(request.query_params.get("task") or form.get("task"), [blob], options))[0]["text"]
         return {"code": 200, "message": "Success", "data": text}
 
     app.add_middleware(BodyLimit, limits=limits)
