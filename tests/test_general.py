@@ -176,6 +176,23 @@ def test_a_reader_kept_to_lengths_reads_only_those_lengths(tmp_path):
             CaptchaReader.from_checkpoint(path, precision="32", lengths=bad)
 
 
+def test_a_ctc_readers_test_time_views_never_move_the_text_sideways(tmp_path):
+    # a CTC reader averages its views step by step: a view shifted or zoomed sideways is out of step
+    torch.manual_seed(0)
+    module = CaptchaModule(task(ALNUM), **TINY_CTC).eval()
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    reader = CaptchaReader.from_checkpoint(path, precision="32", tta=5)
+    seen, model = [], reader.logits_fns[0]
+    reader.logits_fns = [lambda x: (seen.append(x.copy()), model(x))[1]]
+    # every row alike, every column different: only a sideways move or a zoom changes these images
+    columns = np.repeat(np.random.default_rng(0).integers(0, 256, (2, 1, 64, 3), dtype=np.uint8), 32, axis=1)
+    reader.logits(columns)
+    assert len(seen) == 5 and all(np.array_equal(view, columns) for view in seen)
+    with pytest.raises(CaptchaError, match="tta=6: must be a whole number from 1 .* to 5 for a ctc model"):
+        CaptchaReader.from_checkpoint(path, precision="32", tta=6)
+
+
 def test_the_packaged_general_reader_reads_unseen_captchas_zero_shot_narrowed_to_digits(tmp_path):
     from captcha_lit.commands.predict import predict
     from tests.helpers import write_csv
