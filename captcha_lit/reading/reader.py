@@ -151,8 +151,8 @@ def second_look(first, second, margin: float):
 VIEWS = [(0, 0, 1.0), (2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.06), (0, 0, 0.94), (2, 2, 1.03)]
 # A CTC reader's step-by-step probabilities average only where the views' steps line up: no view
 # may move the text sideways (a 2-pixel sideways shift cut a claptcha reader from 179 to 123 of
-# 200 right). Vertical shifts only: fine-tuned readers of claptcha, wheezy and multicolorcaptcha
-# read +19 of 1,200 with tta=3 (docs/results.md).
+# 200 right). Vertical shifts only; for fine-tuned readers they are worth little (tta=3: +19 of
+# 1,200 on one set of draws, +1 of 2,400 on another; docs/results.md).
 CTC_VIEWS = [(0, 0, 1.0), (0, 1, 1.0), (0, -1, 1.0), (0, 2, 1.0), (0, -2, 1.0)]
 
 
