@@ -27,7 +27,7 @@ from captcha_lit.data.tasks import from_config
 
 parser = argparse.ArgumentParser()
 parser.add_argument("runs", nargs=2, type=Path)
-parser.add_argument("--tta", nargs="+", type=int, default=[1, 4, 8])
+parser.add_argument("--tta", nargs="+", type=int, default=[1, 4, 8], help="views per image (CTC models take at most 5)")
 parser.add_argument("--rounds", type=int, default=3)
 args = parser.parse_args()
 
@@ -46,7 +46,8 @@ ckpts = [run_checkpoint(run) for run in args.runs]
 print(f"{task.name}: {len(test)} test images of {len(items)}; A = {ckpts[0]}, B = {ckpts[1]}")
 
 readers = {}
-for views in args.tta:
+head = CaptchaReader.from_checkpoint(ckpts[0]).spec.head
+for views in sorted({min(v, 5) if head == "ctc" else v for v in args.tta}):  # a CTC reader's views: 5 vertical shifts
     a, b = (CaptchaReader.from_checkpoint(c, tta=views) for c in ckpts)
     suffix = f", tta={views}" if views > 1 else ""
     readers[f"A{suffix}"], readers[f"B{suffix}"] = a, b

@@ -1834,7 +1834,7 @@ def serve_http_cases() -> list:
           {400}, "alphabet"),
         H("option-lengths-reversed", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "lengths": "6-4"}),
           {400}, "lengths"),
-        H("option-lengths-huge", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "task": "task3",
+        H("option-lengths-for-a-positions-model", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "task": "task3",
                                                                      "lengths": "1-100000000"}), {400}, "lengths"),
         H("option-fold-case-nonsense", lambda w, s: json_request("/read", {"images": [b64(png(w, s))], "fold_case": "maybe"}),
           {400}, "fold_case"),

@@ -2,7 +2,7 @@
 """Keys per image for labelling with captcha-label, as if a person typed the true labels.
 
     python bench/label_keys.py --style task3 --real PATH/captcha-hacker-2022 [--n 300] [--first 100] \
-        [--alphabet digits+lower] [--fold-case] [--lengths 4]
+        [--alphabet digits+lower] [--fold-case] [--lengths 4] [final=true]
 
 The page types the reader's guess in and selects it: a right guess costs one key (Enter), a
 wrong one is typed over (the label's characters, then Enter). Without a reader every label is
@@ -33,6 +33,7 @@ parser.add_argument("--alphabet", default=None, help="captcha-label's alphabet=:
 parser.add_argument("--fold-case", action="store_true")
 parser.add_argument("--lengths", default=None, help="captcha-label's lengths=: 4, or 4-6")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("overrides", nargs="*", help="extra train.py overrides for the loop's training (final=true)")
 args = parser.parse_args()
 work = Path(tempfile.mkdtemp(prefix="label-keys-"))
 
@@ -59,7 +60,7 @@ began = time.perf_counter()
 run = work / "run"
 done = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=auto", f"seed={args.seed}", f"hydra.run.dir={run}",
                        f"data.root={labelled_folder(items[:args.first], work / 'first')}", "int8=false",
-                       "trainer.enable_progress_bar=false"], capture_output=True, text=True)
+                       "trainer.enable_progress_bar=false", *args.overrides], capture_output=True, text=True)
 if done.returncode:
     sys.exit(f"train.py failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 trained = time.perf_counter() - began

@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -181,6 +182,10 @@ def test_each_request_reads_with_its_own_alphabet_case_and_lengths(server):
     assert call(f"{url}/ocr/b64/text?task=mine&lengths=4", b64[0].encode()) == (200, expected(fold_case=True, lengths=4)[0])
     data, headers = multipart({"file": (images[0].name, first)}, {"task": "mine", "charsets": "0123456789"})
     assert call(f"{url}/ocr", data, headers)[1]["data"] == digits[0]
+    data, headers = multipart({"image": (images[0].name, first)}, {"task": "mine", "alphabet": "digits"})
+    assert call(f"{url}/ocr/file", data, headers) == (200, digits[0])
+    status, body = call(f"{url}/read?task=mine&alphabet=digits", *multipart({"image": (images[0].name, first)}))
+    assert body["results"][0] == {**body["results"][0], "text": digits[0], "model": "mine"}
     # requests with different options read together, each as it asked
     answers, errors = {}, []
 
@@ -204,6 +209,23 @@ def test_each_request_reads_with_its_own_alphabet_case_and_lengths(server):
         assert status == 400 and words in body["error"], (options, body)
     assert call(f"{url}/ocr/b64/json?task=mine&lengths=x", b64[0].encode())[1]["msg"].startswith("lengths='x'")
     assert served() == expected(fold_case=True)
+
+
+def test_one_batch_of_requests_with_different_options_reads_each_as_asked(server):
+    from types import SimpleNamespace
+
+    from captcha_lit.web.serve import Batcher
+    reader = CaptchaReader.from_checkpoint(server["mine"], precision="32")
+    variants = [reader, reader.reading("digits"), reader.reading(lengths="3-4")]
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((64, 32))) for p in server["images"][:6]]
+    assert len({tuple(v.read(arrays)) for v in variants}) == 3  # each reads these images differently
+    got = Batcher.read(SimpleNamespace(reader=reader), [(a, variants[i % 3], None) for i, a in enumerate(arrays)])
+    assert [text for text, _ in got] == [variants[i % 3].read([a])[0] for i, a in enumerate(arrays)]
+    # a decoding that fails answers only the requests with its options
+    broken = reader.reading("digits")
+    broken.decode = lambda logits: 1 / 0
+    got = Batcher.read(SimpleNamespace(reader=reader), [(arrays[0], broken, None), (arrays[1], reader, None)])
+    assert isinstance(got[0], ZeroDivisionError) and got[1][0] == reader.read([arrays[1]])[0]
 
 
 def huge_png(width=20000, height=20000) -> bytes:
@@ -325,4 +347,4 @@ def test_a_queue_that_cannot_hold_one_request_is_refused_at_start():
     # a server-wide reading option no model can keep
     proc = subprocess.run([sys.executable, "-c", "from captcha_lit.commands.cli import serve; serve()", "port=0",
                            "ckpt=pretrained:task1", "lengths=4"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "lengths=4: the task1 model reads exactly 1 characters" in proc.stderr
+    assert proc.returncode == 2 and "lengths=4: the task1 model reads exactly 1 character" in proc.stderr

@@ -62,9 +62,12 @@ def _serve(cfg: DictConfig) -> None:
         from ..model.packaged import PRETRAINED
         from .settings import check_settings
         from .predict import load_readers
+        from ..reading.reader import characters, length_range
         from ..web.serve import Limits, serve
 
         check_settings(cfg, "serve")
+        characters(cfg.alphabet)  # bad values refused before any model loads
+        length_range(cfg.lengths)
         limits = Limits(max_body_bytes=int(cfg.max_body_mb * (1 << 20)), max_pixels=cfg.max_pixels,
                         max_images=cfg.max_images, timeout_s=cfg.timeout_s, body_timeout_s=cfg.body_timeout_s,
                         queue_size=cfg.queue_size, max_batch=cfg.max_batch)

@@ -74,7 +74,8 @@ def length_range(lengths, spec: ModelSpec | None = None) -> tuple[int, int] | No
                            f"at least 1, shortest first")
     shortest, longest = int(parts[0]), int(parts[-1])
     if spec is not None and spec.head == "positions" and (shortest, longest) != spec.lengths:
-        raise CaptchaError(f"lengths={lengths!r}: the {spec.task} model reads exactly {spec.lengths[0]} characters")
+        n = spec.lengths[0]
+        raise CaptchaError(f"lengths={lengths!r}: the {spec.task} model reads exactly {n} character{'s' * (n != 1)}")
     return shortest, longest
 
 
@@ -148,12 +149,13 @@ def second_look(first, second, margin: float):
 
 # Test-time views (tta=N takes the first N): (dx, dy) pixel shifts and a zoom about the centre,
 # as small as the training augmentation's. No flips: they change characters.
-VIEWS = [(0, 0, 1.0), (2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.06), (0, 0, 0.94), (2, 2, 1.03)]
-# A CTC reader's step-by-step probabilities average only where the views' steps line up: no view
-# may move the text sideways (a 2-pixel sideways shift cut a claptcha reader from 179 to 123 of
-# 200 right). Vertical shifts only; for fine-tuned readers they are worth little (tta=3: +19 of
-# 1,200 on one set of draws, +1 of 2,400 on another; docs/results.md).
-CTC_VIEWS = [(0, 0, 1.0), (0, 1, 1.0), (0, -1, 1.0), (0, 2, 1.0), (0, -2, 1.0)]
+VIEWS = ((0, 0, 1.0), (2, 0, 1.0), (-2, 0, 1.0), (0, 2, 1.0), (0, -2, 1.0), (0, 0, 1.06), (0, 0, 0.94), (2, 2, 1.03))
+# A CTC reader's step-by-step probabilities average well only where the views' steps line up: with
+# the views above, one sideways shift (tta=2) cut a fine-tuned claptcha reader from 179 to 123 of
+# 200 right, and the zooms (tta=8) a multicolorcaptcha one from 106 to 84. Vertical shifts keep the
+# steps in line; they are worth little (tta=3: +19 of 1,200 on one set of draws, +1 of 2,400 on
+# another; docs/results.md).
+CTC_VIEWS = ((0, 0, 1.0), (0, 1, 1.0), (0, -1, 1.0), (0, 2, 1.0), (0, -2, 1.0))
 
 
 def shifted(images: np.ndarray, dx: int, dy: int, zoom: float) -> np.ndarray:
@@ -206,8 +208,8 @@ class CaptchaReader:
         self.lengths = length_range(lengths, self.spec)
 
     def reading(self, allowed=None, fold_case: bool = False, lengths=None) -> "CaptchaReader":
-        """The same model (shared, not copied) reading with other options, as a server's requests
-        each ask: allowed characters, fold_case and lengths as the constructor takes them."""
+        """The same model (shared, not copied: change neither) reading with other options, as a
+        server's requests each ask: allowed characters, fold_case and lengths as the constructor takes them."""
         variant = copy.copy(self)
         variant._set_reading(allowed, fold_case, lengths)
         return variant

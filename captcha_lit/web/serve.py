@@ -123,15 +123,20 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue(limits.queue_size)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
-    def read(self, batch: list) -> list[tuple[str, float]]:
+    def read(self, batch: list) -> list:
         """One pass of the model over the batch; each image decoded with its request's options (a
-        reader sharing the model: reader.reading())."""
+        reader sharing the model: reader.reading()): (text, confidence), or the exception that its
+        options' decoding raised, which fails only their requests."""
         logits = self.reader.logits(np.stack([image for image, _, _ in batch]))
         out = [None] * len(batch)
         for variant in {id(v): v for _, v, _ in batch}.values():
             rows = [i for i, (_, v, _) in enumerate(batch) if v is variant]
-            for i, text, c in zip(rows, *variant.decode(logits[rows])):
-                out[i] = (text, float(c))
+            try:
+                read = [(text, float(c)) for text, c in zip(*variant.decode(logits[rows]))]
+            except Exception as e:  # noqa: BLE001 - answered to those requests
+                read = [e] * len(rows)
+            for i, result in zip(rows, read):
+                out[i] = result
         return out
 
     def submit(self, images: list[np.ndarray], reader) -> list[asyncio.Future]:
@@ -163,7 +168,11 @@ class Batcher:
                         f.set_exception(e)
                 continue
             for (*_, f), result in zip(batch, results):
-                if not f.done():
+                if f.done():
+                    continue
+                if isinstance(result, Exception):
+                    f.set_exception(result)
+                else:
                     f.set_result(result)
 
 
@@ -250,7 +259,7 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_files=limits.max_images + 1)
             blobs = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
-            task, fields = form.get("task"), form
+            task, fields = form.get("task") or request.query_params.get("task"), form
         elif kind.startswith("application/json"):
             try:
                 body = json.loads(await request.body())
@@ -264,7 +273,7 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             if len(items) > limits.max_images:
                 raise BadRequest(413, f"{len(items)} images in one request; at most {limits.max_images}")
             blobs = [(f"images[{i}]", from_base64(t, f"images[{i}]")) for i, t in enumerate(items)]
-            task, fields = body.get("task"), body
+            task, fields = body.get("task") or request.query_params.get("task"), body
         else:
             raise BadRequest(415, "send multipart/form-data (image files) or application/json (base64 images)")
         if task is not None and not isinstance(task, str):
@@ -286,10 +295,11 @@ def create_app(readers: dict, default: str, limits: Limits = Limits()) -> FastAP
             upload = form.get("image")
             if upload is None or not hasattr(upload, "read"):
                 raise BadRequest(400, "expected the image as the multipart file field 'image'")
-            blob = ("image", await upload.read())
+            blob, fields = ("image", await upload.read()), form
         else:
-            blob = ("body", from_base64((await request.body()).decode("ascii", "replace"), "the body"))
-        text = (await read(request.query_params.get("task"), [blob], reading_options(request.query_params)))[0]["text"]
+            blob, fields = ("body", from_base64((await request.body()).decode("ascii", "replace"), "the body")), {}
+        options = reading_options({**request.query_params, **fields})
+        text = (await read(request.query_params.get("task") or fields.get("task"), [blob], options))[0]["text"]
         if ret_type == "json":
             return JSONResponse({"status": 200, "result": text, "msg": ""})
         return PlainTextResponse(text)
