@@ -204,6 +204,7 @@ def test_each_request_reads_with_its_own_alphabet_case_and_lengths(server):
     for options, words in ((dict(alphabet="€"), "never reads '€'"), (dict(lengths="6-4"), "lengths='6-4'"),
                            (dict(fold_case="maybe"), "fold_case='maybe': true or false"),
                            (dict(alphabet={"a": 1}), "alphabet: expected text"),
+                           (dict(charsets=123), "charsets=123: give the characters as text"),
                            (dict(task="task3", lengths=2), "the task3 model reads exactly 4 characters")):
         status, body = post_json(f"{url}/read", {"images": b64[:1], "task": "mine", **options})
         assert status == 400 and words in body["error"], (options, body)

@@ -102,11 +102,14 @@ def reading_options(fields) -> dict:
     """The reading options a request sets, from its form, JSON object or query (an empty value
     sets nothing); ddddocr-fastapi's `charsets` is `alphabet`."""
     given = {k: fields[k] for k in (*OPTIONS, "charsets") if k in fields and fields[k] not in ("", None)}
-    if "charsets" in given:
-        given.setdefault("alphabet", given.pop("charsets"))
     for key, value in given.items():
         if not isinstance(value, (str, int, list)):  # a file in a form field, an object in JSON
             raise BadRequest(400, f"{key}: expected text, e.g. alphabet=digits, fold_case=true, lengths=4-6")
+        if key in ("alphabet", "charsets") and not isinstance(value, str):
+            raise BadRequest(400, f"{key}={value!r}: give the characters as text (\"0123456789\"), or by name: "
+                                  f"digits, lower, upper joined with + (digits+lower)")
+    if "charsets" in given:
+        given.setdefault("alphabet", given.pop("charsets"))
     if "fold_case" in given:
         value = given["fold_case"]
         if not isinstance(value, bool) and str(value).strip().lower() not in TRUE + FALSE:
