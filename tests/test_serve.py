@@ -115,6 +115,23 @@ def _raw_request(port, line, headers, body):
     return int(head.split()[1]), json.loads(payload) if is_json else payload.decode()
 
 
+def concurrently(work, n: int) -> list[str]:
+    """Runs work(k) for k in range(n) on n threads at once; the errors they raised."""
+    errors = []
+
+    def run(k):
+        try:
+            work(k)
+        except Exception as e:  # noqa: BLE001 - returned to the test
+            errors.append(repr(e))
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
 def post_json(url, payload):
     return call(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
 
@@ -187,19 +204,11 @@ def test_each_request_reads_with_its_own_alphabet_case_and_lengths(server):
     status, body = call(f"{url}/read?task=mine&alphabet=digits", *multipart({"image": (images[0].name, first)}))
     assert body["results"][0] == {**body["results"][0], "text": digits[0], "model": "mine"}
     # requests with different options read together, each as it asked
-    answers, errors = {}, []
+    answers = {}
 
     def client(k):
-        try:
-            answers[k] = served(**({"alphabet": "digits"} if k % 2 else {"fold_case": False}))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and all(answers[k] == (digits if k % 2 else mixed) for k in range(8))
+        answers[k] = served(**({"alphabet": "digits"} if k % 2 else {"fold_case": False}))
+    assert concurrently(client, 8) == [] and all(answers[k] == (digits if k % 2 else mixed) for k in range(8))
     # a bad option: 400 naming it, and the server reads on as before
     for options, words in ((dict(alphabet="€"), "never reads '€'"), (dict(lengths="6-4"), "lengths='6-4'"),
                            (dict(fold_case="maybe"), "fold_case='maybe': true or false"),
@@ -298,22 +307,14 @@ def test_hostile_requests_get_a_4xx_that_names_the_problem_and_the_server_reads_
 def test_a_concurrent_burst_is_read_right(server):
     url, images, expected = server["url"], server["images"], server["expected"]
     b64 = [base64.b64encode(p.read_bytes()).decode() for p in images]
-    got, errors = {}, []
+    got = {}
 
     def client(k):
-        try:
-            for j in range(5):
-                i = (k + j) % len(images)
-                status, body = post_json(f"{url}/read", {"images": [b64[i]], "task": "task3"})
-                got[(k, j)] = (i, status, body["results"][0]["text"] if status == 200 else body)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and len(got) == 80
+        for j in range(5):
+            i = (k + j) % len(images)
+            status, body = post_json(f"{url}/read", {"images": [b64[i]], "task": "task3"})
+            got[(k, j)] = (i, status, body["results"][0]["text"] if status == 200 else body)
+    assert concurrently(client, 16) == [] and len(got) == 80
     assert all(status == 200 and text == expected[i] for i, status, text in got.values())
 
 
