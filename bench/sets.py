@@ -15,21 +15,23 @@ REAL = ("task1", "task2", "task3")
 
 
 def style_items(style: str, count: int, work: Path, seed: int = 0, real=None) -> list[tuple[Path, str]]:
-    """`count` labelled images of the style: drawn by make_style_sets.py into work/, or the real
-    task images of the competition's folder `real`, shuffled by random.Random(seed)."""
+    """`count` labelled images of the style, shuffled by random.Random(seed): drawn by
+    make_style_sets.py into work/, or the real task images of the competition's folder `real`."""
     if style in REAL:
         if real is None:
             raise SystemExit(f"style {style}: give --real PATH/captcha-hacker-2022")
         items, _ = labelled_items(real, style)
-        items = [(p, label) for p, label, _ in items]
-        random.Random(seed).shuffle(items)
-        return items[:count]
-    out, name = Path(work) / "styles", STYLE_NAMES.get(style, style)
-    if not (out / name).is_dir():
-        subprocess.run([sys.executable, str(HERE / "make_style_sets.py"), "--out", str(out), "--n", str(count),
-                        "--seed", str(seed), "--styles", name, "--no-sheets"], check=True)
-    items, _ = labelled_items(out / name)
-    return [(p, label) for p, label, _ in items][:count]
+    else:
+        out, name = Path(work) / "styles", STYLE_NAMES.get(style, style)
+        if not (out / name).is_dir():
+            subprocess.run([sys.executable, str(HERE / "make_style_sets.py"), "--out", str(out), "--n", str(count),
+                            "--seed", str(seed), "--styles", name, "--no-sheets"], check=True)
+        items, _ = labelled_items(out / name)
+    # the drawn sets are named by their labels, so file order is label order: unshuffled, the first
+    # images (training) would all start with 0-9 or A-T and the last (testing) with U-z
+    items = [(p, label) for p, label, _ in items]
+    random.Random(seed).shuffle(items)
+    return items[:count]
 
 
 def labelled_folder(items, path: Path) -> Path:
