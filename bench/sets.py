@@ -27,8 +27,8 @@ def style_items(style: str, count: int, work: Path, seed: int = 0, real=None) ->
             subprocess.run([sys.executable, str(HERE / "make_style_sets.py"), "--out", str(out), "--n", str(count),
                             "--seed", str(seed), "--styles", name, "--no-sheets"], check=True)
         items, _ = labelled_items(out / name)
-    # the drawn sets are named by their labels, so file order is label order: unshuffled, the first
-    # images (training) would all start with 0-9 or A-T and the last (testing) with U-z
+    # the drawn sets are named by their labels, so file order is label order: unshuffled, the training
+    # images' labels would all start with the first characters of the alphabet and the test images' with the last
     items = [(p, label) for p, label, _ in items]
     random.Random(seed).shuffle(items)
     return items[:count]
